@@ -1,0 +1,136 @@
+"""Noise samplers: per-step Gaussian noise from explicit generators, and Brownian trees (torchsde).
+
+A noise sampler is a callable ``noise_sampler(sigma, sigma_next) -> Tensor`` shaped like the sample, returning unit
+Gaussian noise for the step from ``sigma`` to ``sigma_next`` (k-diffusion's contract).
+
+Batch invariance: given a list of generators, one per batch item, item ``i`` of every draw comes from generator ``i``
+alone, so image ``i`` of a batch equals the image made alone with generator ``i``. Brownian trees follow the same rule
+with one ``torchsde.BrownianTree`` per item (Li et al. 2020, "Scalable Gradients for Stochastic Differential
+Equations", arXiv 2001.01328, Sec. 4 for the Brownian tree / virtual Brownian interval).
+
+Without a generator or a noise sampler, noise comes from torch's global RNG, exactly as in k-diffusion
+(``torch.randn_like``); pipelines always pass generators.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+NoiseSampler = Callable[[float, float], torch.Tensor]
+
+
+def as_generator_list(generator: GeneratorArg, batch_size: int) -> list[torch.Generator] | None:
+    """``None`` for one (or no) generator; the list, checked against the batch size, for per-item generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != batch_size:
+        raise ValueError(
+            f"got a list of {len(generators)} generators for a batch of {batch_size}; pass one generator, "
+            "or exactly one per batch item"
+        )
+    for g in generators:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"generator list items must be torch.Generator, got {type(g).__name__}")
+    return generators
+
+
+def randn_like_batch(x: torch.Tensor, generator: GeneratorArg = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Unit Gaussian noise shaped like ``x``, drawn on each generator's own device and moved to ``x.device``.
+
+    One generator draws the whole batch at once; a list draws item ``i`` from generator ``i`` (batch-invariant).
+    """
+    dtype = x.dtype if dtype is None else dtype
+    generators = as_generator_list(generator, x.shape[0])
+    if generators is None:
+        if generator is None:
+            return torch.randn(x.shape, dtype=dtype, device=x.device)
+        return torch.randn(x.shape, generator=generator, dtype=dtype, device=generator.device).to(x.device)
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, dtype=dtype, device=g.device).to(x.device) for g in generators]
+    )
+
+
+class GaussianNoiseSampler:
+    """Independent ``N(0, I)`` noise at every call, from the given generator(s) (global RNG when ``None``)."""
+
+    def __init__(self, x: torch.Tensor, generator: GeneratorArg = None):
+        as_generator_list(generator, x.shape[0])
+        self.x = x
+        self.generator = generator
+
+    def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
+        return randn_like_batch(self.x, self.generator)
+
+
+def default_noise_sampler(x: torch.Tensor, generator: GeneratorArg = None) -> NoiseSampler:
+    """k-diffusion's default noise sampler (``randn_like(x)`` every call), plus optional per-item generators."""
+    return GaussianNoiseSampler(x, generator)
+
+
+class BatchedBrownianTree:
+    """One ``torchsde.BrownianTree`` per seed: a list of seeds gives one tree per batch item (as k-diffusion)."""
+
+    def __init__(self, x: torch.Tensor, t0, t1, seed=None, **kwargs):
+        import torchsde  # only the Brownian samplers need it
+
+        t0, t1, self.sign = self._sort(t0, t1)
+        w0 = kwargs.pop("w0", torch.zeros_like(x))
+        if seed is None:
+            seed = int(torch.randint(0, 2**63 - 1, []))
+        self.batched = isinstance(seed, (list, tuple))
+        if self.batched:
+            if len(seed) != x.shape[0]:
+                raise ValueError(f"got {len(seed)} Brownian seeds for a batch of {x.shape[0]}; pass one per item")
+            w0, seeds = w0[0], list(seed)
+        else:
+            seeds = [seed]
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s, **kwargs) for s in seeds]
+
+    @staticmethod
+    def _sort(a, b):
+        return (a, b, 1) if a < b else (b, a, -1)
+
+    def __call__(self, t0, t1) -> torch.Tensor:
+        t0, t1, sign = self._sort(t0, t1)
+        w = torch.stack([tree(t0, t1) for tree in self.trees]) * (self.sign * sign)
+        return w if self.batched else w[0]
+
+
+class BrownianTreeNoiseSampler:
+    """Noise from a Brownian tree over ``[sigma_min, sigma_max]``: the increment ``W(sigma_next) - W(sigma)``
+    normalised to unit variance, so samples at different step counts come from one Brownian path.
+
+    Same arguments as k-diffusion's class: ``seed`` is an int or a list of ints (one tree per batch item);
+    ``transform`` maps sigma to the tree's time.
+    """
+
+    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed=None, transform=lambda s: s):
+        self.transform = transform
+        t0 = self.transform(torch.as_tensor(sigma_min))
+        t1 = self.transform(torch.as_tensor(sigma_max))
+        self.tree = BatchedBrownianTree(x, t0, t1, seed)
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        t0 = self.transform(torch.as_tensor(sigma))
+        t1 = self.transform(torch.as_tensor(sigma_next))
+        return self.tree(t0, t1) / (t1 - t0).abs().sqrt()
+
+
+def seeds_from_generator(generator: GeneratorArg, batch_size: int):
+    """Brownian-tree seed(s) drawn from the generator(s): an int for one generator, a list for per-item ones."""
+    generators = as_generator_list(generator, batch_size)
+    draw = lambda g: int(torch.randint(0, 2**63 - 1, [], generator=g, device=g.device))  # noqa: E731
+    if generators is None:
+        return None if generator is None else draw(generator)
+    return [draw(g) for g in generators]
+
+
+def brownian_noise_sampler(x: torch.Tensor, sigmas: Sequence[float], generator: GeneratorArg = None) -> NoiseSampler:
+    """Brownian-tree noise over the positive range of ``sigmas``, seeded from ``generator`` (k-diffusion's default
+    for the SDE samplers; it draws a random seed from the global RNG when ``generator`` is ``None``)."""
+    positive = [s for s in sigmas if s > 0]
+    return BrownianTreeNoiseSampler(x, min(positive), max(positive), seed=seeds_from_generator(generator, x.shape[0]))

@@ -1,0 +1,135 @@
+"""What every sampler shares and is not its algorithm: defaults, dtype, sigmas on the host, the model call, the
+callback, noise and the progress bar. A sampler body builds one :class:`SamplerRun` and then shows only its math.
+
+Host syncs: ``sigmas`` are copied to a Python list once, before the loop (one copy if they live on an
+accelerator); after that every coefficient is a Python float, and the loop never reads a tensor that lives with ``x``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ..geometry import Geometry, geometry_of
+from ..noise import GeneratorArg, NoiseSampler, brownian_noise_sampler, default_noise_sampler
+
+Model = Callable[..., torch.Tensor]
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sampler arithmetic runs in float32 at least (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def sigmas_to_list(sigmas) -> list[float]:
+    """The sigmas as Python floats (one host copy); checked to be a 1-D sequence with at least two entries."""
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.ndim != 1:
+            raise ValueError(f"sigmas must be a 1-D sequence, got a tensor of shape {tuple(sigmas.shape)}")
+        values = sigmas.detach().to("cpu", torch.float64).tolist()
+    else:
+        values = [float(s) for s in sigmas]
+    if len(values) < 2:
+        raise ValueError(f"sigmas must hold at least 2 values (a start and an end), got {values}")
+    return values
+
+
+class SamplerRun:
+    """One call of a sampler: ``run.denoise(x, sigma)``, ``run.noise(sigma, sigma_next)``, ``run.report(...)``.
+
+    Args:
+        model: denoiser ``model(x, sigma_batch, **extra_args) -> denoised``; its ``geometry`` attribute (default VE).
+        x: initial sample; the state is kept in ``state_dtype(x.dtype)`` and the result cast back to ``x.dtype``.
+        sigmas: descending noise levels (tensor or sequence), usually ending in 0.
+        noise_sampler: explicit noise source ``(sigma, sigma_next) -> N(0, I)``; overrides ``generator``.
+        generator: one ``torch.Generator`` or one per batch item, for the default noise.
+        brownian: default noise is a Brownian tree over the sigmas' positive range (k-diffusion's SDE samplers)
+            instead of independent Gaussian draws. The tree is built on first use, so deterministic runs never pay.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        sigmas,
+        extra_args: dict[str, Any] | None = None,
+        callback: Callable[[dict], Any] | None = None,
+        disable: bool | None = None,
+        noise_sampler: NoiseSampler | None = None,
+        generator: GeneratorArg = None,
+        brownian: bool = False,
+    ):
+        self.model = model
+        self.geometry: Geometry = geometry_of(model)
+        self.sigmas = sigmas_to_list(sigmas)
+        self.extra_args = {} if extra_args is None else extra_args
+        self.callback = callback
+        self.disable = disable
+        self.out_dtype = x.dtype
+        self.x = x.to(state_dtype(x.dtype))
+        self._noise_sampler = noise_sampler
+        self._generator = generator
+        self._brownian = brownian
+        self.calls = 0
+
+    def steps(self) -> Iterator[tuple[int, float, float]]:
+        """``(i, sigma_i, sigma_{i+1})`` for every step, with a progress bar over steps."""
+        for i in tqdm(range(len(self.sigmas) - 1), disable=self.disable):
+            yield i, self.sigmas[i], self.sigmas[i + 1]
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """``D(x, sigma)`` in the state dtype; ``sigma`` is a Python float broadcast over the batch."""
+        sigma_batch = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+        self.calls += 1
+        return self.model(x, sigma_batch, **self.extra_args).to(x.dtype)
+
+    def noise(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        """Unit Gaussian noise for the step ``sigma -> sigma_next``, shaped like the state."""
+        if self._noise_sampler is None:
+            if self._brownian:
+                self._noise_sampler = brownian_noise_sampler(self.x, self.sigmas, self._generator)
+            else:
+                self._noise_sampler = default_noise_sampler(self.x, self._generator)
+        return self._noise_sampler(sigma, sigma_next).to(self.x.dtype)
+
+    def report(self, i: int, x: torch.Tensor, sigma: float, sigma_hat: float, denoised: torch.Tensor, **more) -> None:
+        """k-diffusion's callback dict; sigmas are CPU 0-d float64 tensors (no device traffic)."""
+        if self.callback is not None:
+            self.callback(
+                {
+                    "x": x,
+                    "i": i,
+                    "sigma": torch.tensor(sigma, dtype=torch.float64),
+                    "sigma_hat": torch.tensor(sigma_hat, dtype=torch.float64),
+                    "denoised": denoised,
+                    **more,
+                }
+            )
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.out_dtype)
+
+
+
+def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
+    """Probability-flow ODE derivative ``dx/dsigma = (x - D) / sigma`` (Karras et al. 2022, arXiv 2206.00364, Eq. 3
+    with ``s = 1``). Valid in VE and in flow geometry alike (see :mod:`k_diffusing.geometry`). ``sigma`` is a float
+    or a tensor holding one sigma per batch item (k-diffusion's signature)."""
+    if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
+        sigma = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim))
+    return (x - denoised) / sigma
+
+
+def churn(run: SamplerRun, x: torch.Tensor, sigma: float, s_churn: float, s_tmin: float, s_tmax: float,
+          s_noise: float) -> tuple[torch.Tensor, float]:
+    """Stochastic churn, Karras et al. 2022 Alg. 2 lines 4-6: raise the noise level to
+    ``sigma_hat = (1 + gamma) sigma`` (in VE units) with ``gamma = min(s_churn / N, sqrt(2) - 1)`` inside
+    ``[s_tmin, s_tmax]``. Returns ``(x_hat, sigma_hat)``; draws noise only when ``gamma > 0``."""
+    gamma = min(s_churn / (len(run.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    if gamma <= 0:
+        return x, sigma
+    sigma_hat = run.geometry.churn(sigma, gamma)
+    up = run.geometry.renoise(sigma, sigma_hat)
+    return up.x_scale * x + up.noise_std * s_noise * run.noise(sigma, sigma_hat), sigma_hat

@@ -1,0 +1,23 @@
+"""k-diffusing: functional k-diffusion-style samplers, correct on eps, v and flow-matching models, for diffusers'
+SDXL and FLUX pipelines.
+
+The sampler core (``k_diffusing.sampling``, ``k_diffusing.schedules``, the registry) imports only torch, torchsde
+and scipy; the pipelines import diffusers when first used.
+"""
+
+from .geometry import FLOW, VE, FlowMatching, Geometry, VarianceExploding
+from .registry import SamplerSpec, get_sampler, list_samplers, resolve_sampler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FLOW",
+    "VE",
+    "FlowMatching",
+    "Geometry",
+    "VarianceExploding",
+    "SamplerSpec",
+    "get_sampler",
+    "list_samplers",
+    "resolve_sampler",
+]

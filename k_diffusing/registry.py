@@ -1,0 +1,163 @@
+"""The sampler catalogue: short names as ComfyUI uses them, metadata, and A1111 display names.
+
+``get_sampler("dpmpp_2m")`` returns a :class:`SamplerSpec`; ``resolve_sampler("DPM++ 2M Karras")`` also returns the
+schedule an A1111 name implies. ``list_samplers()`` lists every spec. Unknown names raise a ``ValueError`` that lists
+the valid names and suggests the closest.
+
+``order`` is the convergence order of the sampler's deterministic part (eta = 0 where it has one), measured on the
+analytic Gaussian-mixture denoiser in both geometries by ``tests/test_catalogue.py`` and ``python -m k_diffusing``;
+``calls_per_step`` counts model evaluations of a typical step (the step into sigma = 0 may take fewer);
+``stochastic`` says whether the sampler draws noise at its default settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One catalogue entry. Calling it runs the sampler with its ``defaults`` under the caller's keywords."""
+
+    name: str
+    target: str  # "module:function" inside k_diffusing.samplers
+    order: int
+    calls_per_step: int
+    stochastic: bool
+    reference: str
+    display_names: tuple[str, ...] = ()
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def function(self) -> Callable:
+        module, attr = self.target.split(":")
+        return getattr(importlib.import_module(f"k_diffusing.samplers.{module}"), attr)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options (``sampler_kwargs``) the sampler accepts."""
+        fixed = {"model", "x", "sigmas", "extra_args", "callback", "disable"}
+        params = inspect.signature(self.function).parameters
+        return tuple(p for p in params if p not in fixed and p not in self.defaults)
+
+    def __call__(self, model, x, sigmas, **kwargs):
+        return self.function(model, x, sigmas, **{**self.defaults, **kwargs})
+
+
+def _spec(name, target, order, calls, stochastic, reference, display=(), **defaults) -> SamplerSpec:
+    return SamplerSpec(name, target, order, calls, stochastic, reference, tuple(display), defaults)
+
+
+KARRAS = "Karras et al. 2022, arXiv 2206.00364, Alg. 2"
+DPMSOLVER = "Lu et al. 2022, arXiv 2206.00927"
+DPMPP = "Lu et al. 2022b, arXiv 2211.01095"
+
+_SPECS = [
+    _spec("euler", "euler:sample_euler", 1, 1, False, KARRAS, ["Euler"]),
+    _spec("euler_ancestral", "euler:sample_euler_ancestral", 1, 1, True, "Ho et al. 2020, arXiv 2006.11239",
+          ["Euler a"]),
+    _spec("heun", "euler:sample_heun", 2, 2, False, KARRAS, ["Heun"]),
+    _spec("heunpp2", "euler:sample_heunpp2", 2, 3, False, "Heun++ (ComfyUI), after Karras et al. 2022"),
+    _spec("dpm_2", "euler:sample_dpm_2", 2, 2, False, f"{DPMSOLVER} (DPM-Solver-2) in {KARRAS}", ["DPM2"]),
+    _spec("dpm_2_ancestral", "euler:sample_dpm_2_ancestral", 2, 2, True, f"{DPMSOLVER} (DPM-Solver-2), ancestral",
+          ["DPM2 a"]),
+    _spec("lms", "multistep:sample_lms", 4, 1, False, "linear multistep (Adams-Bashforth) in sigma", ["LMS"]),
+    _spec("dpm_fast", "dpm_solver:sample_dpm_fast_sigmas", 3, 1, False, f"{DPMSOLVER}, Alg. 1 (DPM-Solver-fast)",
+          ["DPM fast"]),
+    _spec("dpm_adaptive", "dpm_solver:sample_dpm_adaptive_sigmas", 3, 3, False, f"{DPMSOLVER}, Alg. 2 (adaptive)",
+          ["DPM adaptive"]),
+    _spec("dpmpp_2s_ancestral", "dpmpp:sample_dpmpp_2s_ancestral", 2, 2, True, f"{DPMPP}, Alg. 1 (2S)",
+          ["DPM++ 2S a"]),
+    _spec("dpmpp_sde", "dpmpp:sample_dpmpp_sde", 2, 2, True, f"{DPMPP} (SDE variant)", ["DPM++ SDE"]),
+    _spec("dpmpp_2m", "dpmpp:sample_dpmpp_2m", 2, 1, False, f"{DPMPP}, Alg. 2 (2M)", ["DPM++ 2M"]),
+    _spec("dpmpp_2m_sde", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE)", ["DPM++ 2M SDE"]),
+    _spec("dpmpp_2m_sde_heun", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE, Heun correction)",
+          ["DPM++ 2M SDE Heun"], solver_type="heun"),
+    _spec("dpmpp_3m_sde", "dpmpp:sample_dpmpp_3m_sde", 3, 1, True, f"{DPMPP} (3M SDE)", ["DPM++ 3M SDE"]),
+    _spec("ddpm", "ddpm:sample_ddpm", 1, 1, True, "Ho et al. 2020, arXiv 2006.11239, Alg. 2", ["DDPM"]),
+    _spec("lcm", "ddpm:sample_lcm", 1, 1, True, "Luo et al. 2023, arXiv 2310.04378", ["LCM"]),
+    _spec("ipndm", "multistep:sample_ipndm", 4, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM)"),
+    _spec("ipndm_v", "multistep:sample_ipndm_v", 4, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM, variable step)"),
+    _spec("deis", "multistep:sample_deis", 3, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (DEIS)"),
+    _spec("res_multistep", "exponential:sample_res_multistep", 2, 1, False, "Zhang et al. 2023, arXiv 2308.02157"),
+    _spec("res_multistep_ancestral", "exponential:sample_res_multistep_ancestral", 2, 1, True,
+          "Zhang et al. 2023, arXiv 2308.02157, ancestral"),
+    _spec("gradient_estimation", "multistep:sample_gradient_estimation", 2, 1, False,
+          "Permenter & Yuan 2023, arXiv 2306.04848"),
+    _spec("er_sde", "exponential:sample_er_sde", 3, 1, True, "Cui et al. 2023, arXiv 2309.06169"),
+    _spec("seeds_2", "exponential:sample_seeds_2", 2, 2, True, "Gonzalez et al. 2023, arXiv 2305.14267"),
+    _spec("seeds_3", "exponential:sample_seeds_3", 3, 3, True, "Gonzalez et al. 2023, arXiv 2305.14267"),
+    _spec("sa_solver", "sa_solver:sample_sa_solver", 3, 1, True, "Xue et al. 2023, arXiv 2309.05019"),
+    _spec("sa_solver_pece", "sa_solver:sample_sa_solver_pece", 4, 2, True, "Xue et al. 2023, arXiv 2309.05019 (PECE)"),
+    _spec("uni_pc", "unipc:sample_uni_pc", 3, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = h", ["UniPC"]),
+    _spec("uni_pc_bh2", "unipc:sample_uni_pc_bh2", 3, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = e^h - 1"),
+    _spec("exp_heun_2_x0", "exponential:sample_exp_heun_2_x0", 2, 2, False, "exponential Heun in data prediction"),
+    _spec("exp_heun_2_x0_sde", "exponential:sample_exp_heun_2_x0_sde", 2, 2, True,
+          "exponential Heun in data prediction, SDE"),
+    _spec("restart", "restart:sample_restart", 2, 2, True, "Xu et al. 2023, arXiv 2306.14878", ["Restart"]),
+]
+
+SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
+
+# A1111's "Schedule type" names (and the suffixes of its older combined names such as "DPM++ 2M Karras").
+A1111_SCHEDULES = {
+    "automatic": None,
+    "karras": "karras",
+    "exponential": "exponential",
+    "polyexponential": "polyexponential",
+    "sgm uniform": "sgm_uniform",
+    "kl optimal": "kl_optimal",
+    "align your steps": "align_your_steps",
+    "simple": "simple",
+    "normal": "normal",
+    "ddim": "ddim_uniform",
+    "beta": "beta",
+    "uniform": "normal",
+}
+
+_DISPLAY = {d.lower(): s for s in _SPECS for d in s.display_names}
+
+
+class ResolvedSampler(NamedTuple):
+    spec: SamplerSpec
+    schedule: str | None  # the schedule an A1111 name implies, else None
+
+
+def _unknown(kind: str, name: str, valid) -> ValueError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}")
+
+
+def resolve_sampler(name: str) -> ResolvedSampler:
+    """A short name (``"dpmpp_2m"``), or an A1111 display name with an optional schedule suffix
+    (``"DPM++ 2M Karras"`` -> dpmpp_2m with the karras schedule)."""
+    if not isinstance(name, str):
+        raise TypeError(f"sampler name must be a string, got {type(name).__name__}")
+    key = name.strip()
+    if key in SAMPLERS:
+        return ResolvedSampler(SAMPLERS[key], None)
+    lowered = " ".join(key.lower().split())
+    if lowered in _DISPLAY:
+        return ResolvedSampler(_DISPLAY[lowered], None)
+    for suffix, schedule in A1111_SCHEDULES.items():
+        if lowered.endswith(" " + suffix) and lowered[: -len(suffix) - 1] in _DISPLAY:
+            return ResolvedSampler(_DISPLAY[lowered[: -len(suffix) - 1]], schedule)
+    names = list(SAMPLERS) + [d for s in _SPECS for d in s.display_names]
+    raise _unknown("sampler", key, names)
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The :class:`SamplerSpec` for a short or A1111 name (an A1111 schedule suffix is ignored here: use
+    :func:`resolve_sampler` to get it)."""
+    return resolve_sampler(name).spec
+
+
+def list_samplers() -> list[SamplerSpec]:
+    """Every catalogue entry, in catalogue order."""
+    return list(_SPECS)

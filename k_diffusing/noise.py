@@ -78,7 +78,7 @@ class BatchedBrownianTree:
         import torchsde  # only the Brownian samplers need it
 
         t0, t1, self.sign = self._sort(t0, t1)
-        w0 = kwargs.pop("w0", torch.zeros_like(x))
+        w0 = kwargs.pop("w0", torch.zeros(x.shape, dtype=x.dtype, device=x.device))
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, []))
         self.batched = isinstance(seed, (list, tuple))

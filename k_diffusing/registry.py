@@ -12,11 +12,12 @@ analytic Gaussian-mixture denoiser in both geometries by ``tests/test_catalogue.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
+
+from .names import unknown_name
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,6 @@ class ResolvedSampler(NamedTuple):
     schedule: str | None  # the schedule an A1111 name implies, else None
 
 
-def _unknown(kind: str, name: str, valid) -> ValueError:
-    valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}")
-
-
 def resolve_sampler(name: str) -> ResolvedSampler:
     """A short name (``"dpmpp_2m"``), or an A1111 display name with an optional schedule suffix
     (``"DPM++ 2M Karras"`` -> dpmpp_2m with the karras schedule)."""
@@ -149,7 +143,7 @@ def resolve_sampler(name: str) -> ResolvedSampler:
         if lowered.endswith(" " + suffix) and lowered[: -len(suffix) - 1] in _DISPLAY:
             return ResolvedSampler(_DISPLAY[lowered[: -len(suffix) - 1]], schedule)
     names = list(SAMPLERS) + [d for s in _SPECS for d in s.display_names]
-    raise _unknown("sampler", key, names)
+    raise unknown_name("sampler", key, names)
 
 
 def get_sampler(name: str) -> SamplerSpec:

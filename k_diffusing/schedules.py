@@ -60,7 +60,6 @@ of the base by rho), and 2e-4 for vp at ``t = eps_s``, where k-diffusion's float
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import operator
@@ -70,6 +69,7 @@ import numpy as np
 import torch
 
 from .geometry import GEOMETRIES, Geometry, VarianceExploding
+from .names import did_you_mean, unknown_name
 
 __all__ = [
     "SCHEDULES",
@@ -627,12 +627,6 @@ def list_schedules() -> list[ScheduleSpec]:
     return list(_SPECS)
 
 
-def _unknown(kind: str, name, valid: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(sorted(valid))}")
-
-
 def get_sigmas(name: str, n: int, sigma_table=None, sigma_min=None, sigma_max=None, **options) -> torch.Tensor:
     """``n`` steps of the schedule ``name``: a descending CPU float64 tensor of ``n + 1`` sigmas ending in 0.
 
@@ -643,14 +637,13 @@ def get_sigmas(name: str, n: int, sigma_table=None, sigma_min=None, sigma_max=No
     one), ``n < 1``, a missing table or range, a range passed to a schedule that takes none, or an unknown option.
     """
     if name not in SCHEDULES:
-        raise _unknown("schedule", name, SCHEDULES)
+        raise unknown_name("schedule", name, SCHEDULES)
     spec = SCHEDULES[name]
     n = _steps(n)
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         accepted = ", ".join(spec.options) or "none"
-        close = [m for u in unknown for m in difflib.get_close_matches(u, spec.options, n=1, cutoff=0.5)]
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(unknown[0], spec.options)
         raise ValueError(f"schedule {name!r} got unknown option(s) {unknown}.{hint} Its options: {accepted}")
     if spec.table == "required" and sigma_table is None:
         raise ValueError(f"schedule {name!r} needs the model's sigma table (sigma_table=...)")

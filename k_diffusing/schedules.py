@@ -63,7 +63,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch

@@ -1,0 +1,239 @@
+"""Linear multistep samplers: one model call per step, the history of past derivatives extrapolated by a polynomial.
+
+One piece of math is shared: the Adams-Bashforth coefficients ``c_j = int_a^b L_j(t) dt`` of the Lagrange basis
+polynomials ``L_j`` through the past nodes (:func:`lagrange_integrals`). Uniform nodes give the classical fixed-step
+coefficients (iPNDM), the actual sigmas the variable-step ones (LMS, iPNDM-v, rhoAB-DEIS), VP times tAB-DEIS.
+
+``lms``, ``ipndm``, ``ipndm_v`` and ``gradient_estimation`` integrate ``dx/dsigma = (x - D) / sigma`` in sigma, so
+they need no geometry (in VE, ``d = eps`` and they are the papers' methods exactly). ``deis`` is an exponential
+integrator: it extrapolates ``eps`` in VE coordinates, where the linear part of the ODE vanishes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .base import SamplerRun, to_d
+
+# The VP-SDE of Song et al. 2021 (arXiv 2011.13456, App. C; k-diffusion's get_sigmas_vp): the diffusion time t of
+# DEIS's 'tab' mode, with sigma_ve(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1.
+VP_BETA_MIN = 0.1
+VP_BETA_D = 19.9
+
+# Gauss-Legendre points for the non-polynomial integrand of DEIS 'tab' (smooth in sigma_ve; checked against
+# adaptive quadrature to ~1e-12 relative in the tests).
+TAB_QUADRATURE_POINTS = 16
+
+
+@functools.cache
+def _gauss_legendre(points: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    return tuple(nodes.tolist()), tuple(weights.tolist())
+
+
+def lagrange_basis(nodes: Sequence[float], t: float) -> list[float]:
+    """``[L_j(t)]``: the Lagrange basis polynomials of ``nodes`` (``L_j(nodes[k]) = [j == k]``) at ``t``."""
+    values = []
+    for j, t_j in enumerate(nodes):
+        value = 1.0
+        for k, t_k in enumerate(nodes):
+            if k != j:
+                value *= (t - t_k) / (t_j - t_k)
+        values.append(value)
+    return values
+
+
+def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
+                       time: Callable[[float], float] | None = None) -> list[float]:
+    """``[int_a^b L_j(time(r)) dr]`` for the Lagrange basis ``L_j`` of ``nodes`` (``time`` defaults to the identity).
+
+    With the identity the integrand is a polynomial of degree ``len(nodes) - 1`` and Gauss-Legendre quadrature with
+    ``ceil(len(nodes) / 2)`` points integrates it exactly (degree ``2 m - 1`` with ``m`` points): these are the
+    Adams-Bashforth coefficients for the step ``a -> b``, in closed form from Python floats. With a ``time`` map,
+    ``TAB_QUADRATURE_POINTS`` points are used.
+    """
+    points = (len(nodes) + 1) // 2 if time is None else TAB_QUADRATURE_POINTS
+    half, mid = (b - a) / 2, (a + b) / 2
+    totals = [0.0] * len(nodes)
+    for u, w in zip(*_gauss_legendre(points)):
+        r = mid + half * u
+        for j, value in enumerate(lagrange_basis(nodes, r if time is None else time(r))):
+            totals[j] += w * half * value
+    return totals
+
+
+def adams_bashforth_fixed(order: int) -> list[float]:
+    """Fixed-step Adams-Bashforth coefficients (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24):
+    the Lagrange integrals over one unit step of the nodes 0, -1, ..., -(order - 1)."""
+    return lagrange_integrals([-float(k) for k in range(order)], 0.0, 1.0)
+
+
+def linear_multistep_coeff(order, t, i, j):
+    """k-diffusion's helper: ``int_{t[i]}^{t[i+1]}`` of the Lagrange basis polynomial of node ``t[i - j]`` through
+    ``t[i], ..., t[i - order + 1]``, exactly (k-diffusion uses scipy's adaptive quadrature)."""
+    if order - 1 > i:
+        raise ValueError(f"Order {order} too high for step {i}")
+    return lagrange_integrals(_past([float(v) for v in t], i, order), float(t[i]), float(t[i + 1]))[j]
+
+
+def _past(sigmas: Sequence[float], i: int, k: int) -> list[float]:
+    """The nodes ``sigma_i, sigma_{i-1}, ..., sigma_{i-k+1}``, newest first."""
+    return [sigmas[i - j] for j in range(k)]
+
+
+def _check_order(name: str, order: int) -> None:
+    if order < 1:
+        raise ValueError(f"{name} must be at least 1, got {order}")
+
+
+def _multistep_in_sigma(run: SamplerRun, order: int, coefficients: Callable[[int, int], list[float]],
+                        denoised_at_zero: bool) -> torch.Tensor:
+    """Explicit linear multistep on ``dx/dsigma = d``: ``x_{i+1} = x_i + sum_j c_j d_{i-j}`` with the ``k`` newest
+    derivatives (``k = min(i + 1, order)``) and ``c = coefficients(i, k)``. With ``denoised_at_zero``, the step into
+    sigma = 0 is the Euler step (it lands on ``D``)."""
+    x = run.x
+    ds: list[torch.Tensor] = []  # newest first
+    for i, sigma, sigma_next in run.steps():
+        denoised = run.denoise(x, sigma)
+        run.report(i, x, sigma, sigma, denoised)
+        ds = [to_d(x, sigma, denoised)] + ds[: order - 1]
+        if sigma_next == 0 and denoised_at_zero:
+            x = denoised
+        else:
+            x = x + sum(c * d for c, d in zip(coefficients(i, len(ds)), ds))
+    return run.finish(x)
+
+
+@torch.no_grad()
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
+    """Linear multistep (variable-step Adams-Bashforth) in sigma, k-diffusion's ``sample_lms`` (after Karras et al.
+    2022, arXiv 2206.00364, and Liu et al. 2022, arXiv 2202.09778, who apply linear multistep to diffusion ODEs).
+
+    Any geometry (the ODE ``dx/dsigma = (x - D) / sigma``). Order up to ``order`` (4), 1 call per step, deterministic.
+    Coefficients are the exact integrals of the Lagrange basis over ``[sigma_i, sigma_{i+1}]`` (k-diffusion computes
+    the same numbers with scipy quadrature every step). The order ramps up over the first steps, and the step into
+    sigma = 0 keeps the full order (as k-diffusion: the polynomial is extrapolated to 0).
+    """
+    _check_order("order", order)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
+    s = run.sigmas
+    return _multistep_in_sigma(run, order, lambda i, k: lagrange_integrals(_past(s, i, k), s[i], s[i + 1]),
+                               denoised_at_zero=False)
+
+
+@torch.no_grad()
+def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
+    """Improved PNDM (iPNDM), Zhang & Chen 2022 (arXiv 2204.13902): PNDM's (Liu et al. 2022, arXiv 2202.09778)
+    fixed-step 4th-order Adams-Bashforth combination of past ``eps`` with the DDIM transfer, warmed up by lower-order
+    Adams-Bashforth instead of Runge-Kutta steps.
+
+    In VE the DDIM transfer with ``eps`` is an Euler step in sigma with ``d = eps``, so this is fixed-coefficient
+    Adams-Bashforth on ``dx/dsigma = (x - D) / sigma``: ``x + (sigma_{i+1} - sigma_i) sum_j c_j d_{i-j}``. Any
+    geometry (on flow models, the same multistep on the flow ODE in sigma, as ComfyUI runs it). 1 call per step,
+    deterministic. The coefficients assume equal steps, so on a non-uniform schedule the order drops (measured ~2 on
+    log-uniform sigmas). The step into sigma = 0 is the Euler step (returns ``D``), as in ComfyUI.
+    """
+    _check_order("max_order", max_order)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
+    s = run.sigmas
+    fixed = [adams_bashforth_fixed(k) for k in range(1, max_order + 1)]
+    return _multistep_in_sigma(run, max_order, lambda i, k: [(s[i + 1] - s[i]) * c for c in fixed[k - 1]],
+                               denoised_at_zero=True)
+
+
+@torch.no_grad()
+def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
+    """iPNDM with variable-step coefficients (ComfyUI's ``ipndm_v``), after Zhang & Chen 2022 (arXiv 2204.13902):
+    Adams-Bashforth with the exact Lagrange integrals over the actual sigmas.
+
+    Any geometry (the ODE ``dx/dsigma = (x - D) / sigma``). Order up to ``max_order`` (4), 1 call per step,
+    deterministic. Identical to :func:`sample_lms` except on the step into sigma = 0, which here is the Euler step
+    (returns ``D``), as in ComfyUI; equal to :func:`sample_ipndm` on equal steps. ComfyUI's version (from
+    zju-pi/diff-sampler) uses closed-form weights that are the exact variable-step ones only up to order 2 (its
+    order-4 weights differ from AB4 even on equal steps), so the two differ on orders 3-4.
+    """
+    _check_order("max_order", max_order)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
+    s = run.sigmas
+    return _multistep_in_sigma(run, max_order, lambda i, k: lagrange_integrals(_past(s, i, k), s[i], s[i + 1]),
+                               denoised_at_zero=True)
+
+
+@torch.no_grad()
+def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, disable=None, ge_gamma=2.0):
+    """Gradient estimation, Permenter & Yuan 2023 (arXiv 2306.04848): DDIM with the extrapolated
+    ``eps_bar = gamma eps_i + (1 - gamma) eps_{i-1}`` (``ge_gamma = 2``; 1 is Euler/DDIM).
+
+    In VE, ``d = eps`` and DDIM is Euler in sigma, so the step is ``x + (sigma_{i+1} - sigma_i) d_bar`` with
+    ``d_bar = gamma d_i + (1 - gamma) d_{i-1}``; any geometry (the ODE in sigma, as ComfyUI runs it on flow models).
+    1 call per step, deterministic. The first step is plain Euler. First order: ``gamma = 2`` extrapolates ``d`` to
+    the end of the step instead of its middle (measured ~1); it targets few-step sampling, not asymptotic order.
+    The step into sigma = 0 is the Euler step (returns ``D``), as in ComfyUI.
+    """
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
+    s = run.sigmas
+
+    def coefficients(i, k):
+        dt = s[i + 1] - s[i]
+        return [dt] if k == 1 else [ge_gamma * dt, (1 - ge_gamma) * dt]
+
+    return _multistep_in_sigma(run, 2, coefficients, denoised_at_zero=True)
+
+
+def vp_time(sigma_ve: float) -> float:
+    """Diffusion time ``t`` of the VP-SDE (``VP_BETA_MIN``, ``VP_BETA_D``) whose VE noise level is ``sigma_ve``:
+    the root of ``beta_d t^2 / 2 + beta_min t = log(1 + sigma_ve^2)``."""
+    return (math.sqrt(VP_BETA_MIN**2 + 2 * VP_BETA_D * math.log1p(sigma_ve**2)) - VP_BETA_MIN) / VP_BETA_D
+
+
+@torch.no_grad()
+def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3, deis_mode="tab"):
+    """DEIS, Zhang & Chen 2022 (arXiv 2204.13902), tAB-DEIS and rhoAB-DEIS: an exponential
+    integrator whose ``eps`` is extrapolated by the polynomial through the last ``max_order`` predictions.
+
+    Geometry: in VE coordinates (``x_ve = x / alpha``, ``rho = sigma_ve = sigma / alpha``) the probability-flow ODE is
+    ``dx_ve / drho = eps`` with no linear part, so the exponential integrator step is
+    ``x_ve' = x_ve + sum_j C_j eps_{i-j}`` with ``C_j = int_{rho_i}^{rho_{i+1}} L_j dr``, ``L_j`` the Lagrange basis
+    through the past nodes:
+    - ``'rhoab'``: nodes and polynomial in ``rho`` (rhoAB-DEIS): exact variable-step Adams-Bashforth on ``eps``;
+    - ``'tab'``: nodes and polynomial in the diffusion time ``t`` (tAB-DEIS). A sampler only knows noise levels,
+      so ``t`` is taken to be the time of the standard VP-SDE (Song et al. 2021, beta_min = 0.1, beta_d = 19.9,
+      the setting of the DEIS paper's VPSDE experiments) at the same VE noise level: ``L_j(t(rho))`` integrated
+      over ``rho`` by Gauss-Legendre quadrature. ComfyUI fits its VP time to EDM's range (0.002 .. 80) instead,
+      so its 'tab' coefficients differ slightly.
+    It is written as the DDIM step in data prediction (exact from flow sigma = 1) plus
+    ``alpha_{i+1} sum_{j>=1} C_j (eps_{i-j} - eps_i)`` (the ``C_j`` sum to ``rho_{i+1} - rho_i``).
+    Any geometry. Order up to ``max_order`` (3), 1 call per step, deterministic. A prediction made at an infinite
+    ``rho`` (flow sigma = 1) is dropped from the history (the exact limit of its Lagrange weight is 0). The first
+    step and the step into sigma = 0 are DDIM steps (the latter returns ``D``), as in ComfyUI.
+    """
+    _check_order("max_order", max_order)
+    if deis_mode not in {"tab", "rhoab"}:
+        raise ValueError(f"deis_mode must be 'tab' or 'rhoab', got {deis_mode!r}")
+    time = vp_time if deis_mode == "tab" else None
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
+    geo, x = run.geometry, run.x
+    history: list[tuple[float, torch.Tensor]] = []  # (rho, eps), newest first, finite rho only
+    for i, sigma, sigma_next in run.steps():
+        denoised = run.denoise(x, sigma)
+        run.report(i, x, sigma, sigma, denoised)
+        rho, rho_next = geo.to_ve(sigma), geo.to_ve(sigma_next)
+        alpha, alpha_next = geo.alpha(sigma), geo.alpha(sigma_next)
+        eps = (x - alpha * denoised) / sigma
+        h = geo.half_log_snr(sigma_next) - geo.half_log_snr(sigma)
+        x_next = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * denoised  # DDIM
+        if history and sigma_next > 0:
+            nodes = [rho] + [r for r, _ in history]
+            if time is not None:
+                nodes = [time(r) for r in nodes]
+            coeffs = lagrange_integrals(nodes, rho, rho_next, time)
+            x_next = x_next + alpha_next * sum(c * (e - eps) for c, (_, e) in zip(coeffs[1:], history))
+        if math.isfinite(rho):
+            history = ([(rho, eps)] + history)[: max_order - 1]
+        x = x_next
+    return run.finish(x)

@@ -64,6 +64,19 @@ def _dpm_2_step(run: SamplerRun, x: torch.Tensor, sigma: float, sigma_to: float,
     return x + d_mid * (sigma_to - sigma)
 
 
+def heun_step(run: SamplerRun, x: torch.Tensor, sigma: float, sigma_next: float,
+              denoised: torch.Tensor) -> torch.Tensor:
+    """Heun's step on ``dx/dsigma = (x - D) / sigma`` given ``D(x, sigma)``, Karras et al. 2022
+    (arXiv 2206.00364), Alg. 2 lines 7-11: Euler predictor, trapezoidal corrector (1 more call); a plain Euler step
+    into sigma = 0."""
+    d = to_d(x, sigma, denoised)  # line 7
+    x_next = x + d * (sigma_next - sigma)  # line 8
+    if sigma_next == 0:
+        return x_next
+    d_next = to_d(x_next, sigma_next, run.denoise(x_next, sigma_next))  # lines 9-11
+    return x + (d + d_next) / 2 * (sigma_next - sigma)
+
+
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                 s_tmax=math.inf, s_noise=1.0, noise_sampler=None, *, generator=None):
@@ -81,12 +94,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         x, sigma_hat = churn(run, x, sigma, s_churn, s_tmin, s_tmax, s_noise)  # lines 4-6
         denoised = run.denoise(x, sigma_hat)
         run.report(i, x, sigma, sigma_hat, denoised)
-        d = to_d(x, sigma_hat, denoised)  # line 7
-        x_next = x + d * (sigma_next - sigma_hat)  # line 8
-        if sigma_next > 0:  # lines 9-11: trapezoidal correction
-            d_next = to_d(x_next, sigma_next, run.denoise(x_next, sigma_next))
-            x_next = x + (d + d_next) / 2 * (sigma_next - sigma_hat)
-        x = x_next
+        x = heun_step(run, x, sigma_hat, sigma_next, denoised)
     return run.finish(x)
 
 

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from .base import SamplerRun, to_d
+from .base import SamplerRun
+from .euler import heun_step
 
 
 class RestartInterval(NamedTuple):
@@ -75,16 +76,6 @@ def restart_plan(geometry, sigmas: Sequence[float], restart_list) -> dict[int, l
     return plan
 
 
-def _heun_step(run: SamplerRun, x: torch.Tensor, sigma: float, sigma_next: float, denoised: torch.Tensor):
-    """Heun's step on ``dx/dsigma = (x - D) / sigma`` (Karras et al. 2022, arXiv 2206.00364, Alg. 1); Euler into 0."""
-    d = to_d(x, sigma, denoised)
-    x_next = x + d * (sigma_next - sigma)
-    if sigma_next == 0:
-        return x_next
-    d_next = to_d(x_next, sigma_next, run.denoise(x_next, sigma_next))
-    return x + (d + d_next) * (0.5 * (sigma_next - sigma))
-
-
 @torch.no_grad()
 def sample_restart(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.0,
                    restart_list=DEFAULT_RESTART_LIST, noise_sampler=None, *, generator=None):
@@ -115,10 +106,10 @@ def sample_restart(model, x, sigmas, extra_args=None, callback=None, disable=Non
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
         run.report(i, x, sigma, sigma, denoised)
-        x = _heun_step(run, x, sigma, sigma_next, denoised)  # Alg. 1: main backward ODE
+        x = heun_step(run, x, sigma, sigma_next, denoised)  # Alg. 1: main backward ODE
         for descent in plan.get(i + 1, []):  # Alg. 1: K restarts from t_min = sigma_next
             up = geo.renoise(sigma_next, descent[0])  # forward process from t_min to t_max, fresh noise
             x = up.x_scale * x + up.noise_std * s_noise * run.noise(sigma_next, descent[0])
             for s, s_next in pairwise(descent):  # backward ODE from t_max to t_min
-                x = _heun_step(run, x, s, s_next, run.denoise(x, s))
+                x = heun_step(run, x, s, s_next, run.denoise(x, s))
     return run.finish(x)

@@ -26,7 +26,7 @@ class SamplerSpec:
 
     name: str
     target: str  # "module:function" inside k_diffusing.samplers
-    order: int
+    order: int | None  # None: not an ODE solver (ddpm, lcm)
     calls_per_step: int
     stochastic: bool
     reference: str
@@ -62,11 +62,11 @@ _SPECS = [
     _spec("euler_ancestral", "euler:sample_euler_ancestral", 1, 1, True, "Ho et al. 2020, arXiv 2006.11239",
           ["Euler a"]),
     _spec("heun", "euler:sample_heun", 2, 2, False, KARRAS, ["Heun"]),
-    _spec("heunpp2", "euler:sample_heunpp2", 2, 3, False, "Heun++ (ComfyUI), after Karras et al. 2022"),
+    _spec("heunpp2", "euler:sample_heunpp2", 1, 3, False, "Heun++ (ComfyUI), after Karras et al. 2022"),
     _spec("dpm_2", "euler:sample_dpm_2", 2, 2, False, f"{DPMSOLVER} (DPM-Solver-2) in {KARRAS}", ["DPM2"]),
     _spec("dpm_2_ancestral", "euler:sample_dpm_2_ancestral", 2, 2, True, f"{DPMSOLVER} (DPM-Solver-2), ancestral",
           ["DPM2 a"]),
-    _spec("lms", "multistep:sample_lms", 4, 1, False, "linear multistep (Adams-Bashforth) in sigma", ["LMS"]),
+    _spec("lms", "multistep:sample_lms", 3, 1, False, "linear multistep (Adams-Bashforth) in sigma", ["LMS"]),
     _spec("dpm_fast", "dpm_solver:sample_dpm_fast_sigmas", 3, 1, False, f"{DPMSOLVER}, Alg. 1 (DPM-Solver-fast)",
           ["DPM fast"]),
     _spec("dpm_adaptive", "dpm_solver:sample_dpm_adaptive_sigmas", 3, 3, False, f"{DPMSOLVER}, Alg. 2 (adaptive)",
@@ -78,24 +78,24 @@ _SPECS = [
     _spec("dpmpp_2m_sde", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE)", ["DPM++ 2M SDE"]),
     _spec("dpmpp_2m_sde_heun", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE, Heun correction)",
           ["DPM++ 2M SDE Heun"], solver_type="heun"),
-    _spec("dpmpp_3m_sde", "dpmpp:sample_dpmpp_3m_sde", 3, 1, True, f"{DPMPP} (3M SDE)", ["DPM++ 3M SDE"]),
-    _spec("ddpm", "ddpm:sample_ddpm", 1, 1, True, "Ho et al. 2020, arXiv 2006.11239, Alg. 2", ["DDPM"]),
-    _spec("lcm", "ddpm:sample_lcm", 1, 1, True, "Luo et al. 2023, arXiv 2310.04378", ["LCM"]),
-    _spec("ipndm", "multistep:sample_ipndm", 4, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM)"),
-    _spec("ipndm_v", "multistep:sample_ipndm_v", 4, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM, variable step)"),
+    _spec("dpmpp_3m_sde", "dpmpp:sample_dpmpp_3m_sde", 2, 1, True, f"{DPMPP} (3M SDE)", ["DPM++ 3M SDE"]),
+    _spec("ddpm", "ddpm:sample_ddpm", None, 1, True, "Ho et al. 2020, arXiv 2006.11239, Alg. 2", ["DDPM"]),
+    _spec("lcm", "ddpm:sample_lcm", None, 1, True, "Luo et al. 2023, arXiv 2310.04378", ["LCM"]),
+    _spec("ipndm", "multistep:sample_ipndm", 2, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM)"),
+    _spec("ipndm_v", "multistep:sample_ipndm_v", 3, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM, variable step)"),
     _spec("deis", "multistep:sample_deis", 3, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (DEIS)"),
     _spec("res_multistep", "exponential:sample_res_multistep", 2, 1, False, "Zhang et al. 2023, arXiv 2308.02157"),
     _spec("res_multistep_ancestral", "exponential:sample_res_multistep_ancestral", 2, 1, True,
           "Zhang et al. 2023, arXiv 2308.02157, ancestral"),
-    _spec("gradient_estimation", "multistep:sample_gradient_estimation", 2, 1, False,
+    _spec("gradient_estimation", "multistep:sample_gradient_estimation", 1, 1, False,
           "Permenter & Yuan 2023, arXiv 2306.04848"),
-    _spec("er_sde", "exponential:sample_er_sde", 3, 1, True, "Cui et al. 2023, arXiv 2309.06169"),
+    _spec("er_sde", "exponential:sample_er_sde", 2, 1, True, "Cui et al. 2023, arXiv 2309.06169"),
     _spec("seeds_2", "exponential:sample_seeds_2", 2, 2, True, "Gonzalez et al. 2023, arXiv 2305.14267"),
     _spec("seeds_3", "exponential:sample_seeds_3", 3, 3, True, "Gonzalez et al. 2023, arXiv 2305.14267"),
-    _spec("sa_solver", "sa_solver:sample_sa_solver", 3, 1, True, "Xue et al. 2023, arXiv 2309.05019"),
+    _spec("sa_solver", "sa_solver:sample_sa_solver", 4, 1, True, "Xue et al. 2023, arXiv 2309.05019"),
     _spec("sa_solver_pece", "sa_solver:sample_sa_solver_pece", 4, 2, True, "Xue et al. 2023, arXiv 2309.05019 (PECE)"),
-    _spec("uni_pc", "unipc:sample_uni_pc", 3, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = h", ["UniPC"]),
-    _spec("uni_pc_bh2", "unipc:sample_uni_pc_bh2", 3, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = e^h - 1"),
+    _spec("uni_pc", "unipc:sample_uni_pc", 4, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = h", ["UniPC"]),
+    _spec("uni_pc_bh2", "unipc:sample_uni_pc_bh2", 4, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = e^h - 1"),
     _spec("exp_heun_2_x0", "exponential:sample_exp_heun_2_x0", 2, 2, False, "exponential Heun in data prediction"),
     _spec("exp_heun_2_x0_sde", "exponential:sample_exp_heun_2_x0_sde", 2, 2, True,
           "exponential Heun in data prediction, SDE"),

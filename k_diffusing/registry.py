@@ -62,7 +62,7 @@ _SPECS = [
     _spec("euler_ancestral", "euler:sample_euler_ancestral", 1, 1, True, "Ho et al. 2020, arXiv 2006.11239",
           ["Euler a"]),
     _spec("heun", "euler:sample_heun", 2, 2, False, KARRAS, ["Heun"]),
-    _spec("heunpp2", "euler:sample_heunpp2", 1, 3, False, "Heun++ (ComfyUI), after Karras et al. 2022"),
+    _spec("heunpp2", "euler:sample_heunpp2", 1, 3, False, "Heun++ (Carzit's A1111 extension; no paper), after Karras et al. 2022"),
     _spec("dpm_2", "euler:sample_dpm_2", 2, 2, False, f"{DPMSOLVER} (DPM-Solver-2) in {KARRAS}", ["DPM2"]),
     _spec("dpm_2_ancestral", "euler:sample_dpm_2_ancestral", 2, 2, True, f"{DPMSOLVER} (DPM-Solver-2), ancestral",
           ["DPM2 a"]),
@@ -96,9 +96,10 @@ _SPECS = [
     _spec("sa_solver_pece", "sa_solver:sample_sa_solver_pece", 4, 2, True, "Xue et al. 2023, arXiv 2309.05019 (PECE)"),
     _spec("uni_pc", "unipc:sample_uni_pc", 4, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = h", ["UniPC"]),
     _spec("uni_pc_bh2", "unipc:sample_uni_pc_bh2", 4, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = e^h - 1"),
-    _spec("exp_heun_2_x0", "exponential:sample_exp_heun_2_x0", 2, 2, False, "exponential Heun in data prediction"),
+    _spec("exp_heun_2_x0", "exponential:sample_exp_heun_2_x0", 2, 2, False,
+          "exponential Heun (c2 = 1) in data prediction, Gonzalez et al. 2023, arXiv 2305.14267"),
     _spec("exp_heun_2_x0_sde", "exponential:sample_exp_heun_2_x0_sde", 2, 2, True,
-          "exponential Heun in data prediction, SDE"),
+          "exponential Heun, SDE, Gonzalez et al. 2023, arXiv 2305.14267"),
     _spec("restart", "restart:sample_restart", 2, 2, True, "Xu et al. 2023, arXiv 2306.14878", ["Restart"]),
 ]
 

@@ -10,8 +10,20 @@ from .registry import SamplerSpec, get_sampler, list_samplers, resolve_sampler
 
 __version__ = "0.1.0"
 
+_PIPELINES = {"KSDXLPipeline"}
+
+
+def __getattr__(name):
+    """The pipelines import diffusers, so they load on first use: ``k_diffusing.KSDXLPipeline``."""
+    if name in _PIPELINES:
+        from . import pipelines
+
+        return getattr(pipelines, name)
+    raise AttributeError(f"module 'k_diffusing' has no attribute {name!r}")
+
 __all__ = [
     "FLOW",
+    "KSDXLPipeline",
     "VE",
     "FlowMatching",
     "Geometry",

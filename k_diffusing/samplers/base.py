@@ -73,14 +73,24 @@ class SamplerRun:
         self._generator = generator
         self._brownian = brownian
         self.calls = 0
+        # Optional step-end protocol of a denoiser (pipelines use it for callback_on_step_end and interrupt):
+        # model.on_step_end(i, x) is called with the state after step i, before the next step's first model call and
+        # after the last step; a tensor it returns replaces the state (in place, so the sampler's own variable sees
+        # it).
+        self._on_step_end = getattr(model, "on_step_end", None)
+        self._step = 0
+        self._ended = -1
 
     def steps(self) -> Iterator[tuple[int, float, float]]:
         """``(i, sigma_i, sigma_{i+1})`` for every step, with a progress bar over steps."""
         for i in tqdm(range(len(self.sigmas) - 1), disable=self.disable):
+            self._step = i
             yield i, self.sigmas[i], self.sigmas[i + 1]
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """``D(x, sigma)`` in the state dtype; ``sigma`` is a Python float broadcast over the batch."""
+        if self._on_step_end is not None and self._ended < self._step - 1:
+            self._end_step(self._step - 1, x)
         sigma_batch = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         self.calls += 1
         return self.model(x, sigma_batch, **self.extra_args).to(x.dtype)
@@ -108,7 +118,15 @@ class SamplerRun:
                 }
             )
 
+    def _end_step(self, i: int, x: torch.Tensor) -> None:
+        self._ended = i
+        replaced = self._on_step_end(i, x)
+        if replaced is not None and replaced is not x:
+            x.copy_(replaced)
+
     def finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self._on_step_end is not None:
+            self._end_step(len(self.sigmas) - 2, x)
         return x.to(self.out_dtype)
 
 

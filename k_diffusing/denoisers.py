@@ -1,0 +1,106 @@
+"""The bridge: a diffusers network wrapped as a k-diffusion denoiser ``D(x, sigma) -> x0 estimate``.
+
+Discrete eps- and v-prediction models (SD, SDXL) are trained on a DDPM table ``abar_t``; in VE units
+(``x = x0 + sigma eps``, ``sigma_t = sqrt((1 - abar_t) / abar_t)``) the network sees the VP-scaled input
+``c_in x = x / sqrt(sigma^2 + 1)`` and the timestep ``t(sigma)`` (Karras et al. 2022, arXiv 2206.00364, Table 1, VP
+column; k-diffusion's ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``):
+
+- eps prediction: ``D = x - sigma eps(c_in x, t)``;
+- v prediction (Salimans & Ho 2022, arXiv 2202.00512, Eq. 22 in VP form ``v = alpha eps - s x0``):
+  ``D = c_skip x + c_out v`` with ``c_skip = 1 / (sigma^2 + 1)``, ``c_out = -sigma / sqrt(sigma^2 + 1)``.
+
+``t(sigma)`` interpolates linearly in log sigma between neighbouring table entries (continuous timesteps, as
+k-diffusion and A1111), or takes the nearest integer timestep (``timesteps="quantized"``, as ComfyUI). ``known`` pairs
+``(sigma_i, t_i)`` from a diffusers scheduler override both where the sigma matches exactly, so the network sees the
+very timestep the scheduler would pass (needed for exact parity: diffusers interpolates some schedules linearly in
+sigma, and rounds others to integer timesteps). Everything is tensor arithmetic on the sigma batch: no host syncs.
+
+The network call itself (classifier-free guidance, conditioning) is the caller's ``net(x_in, t) -> prediction``; the
+denoiser casts the input to ``net_dtype`` and the prediction back to the sampler's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .geometry import VE
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_MODES = ("continuous", "quantized")
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``sigma_t = sqrt((1 - abar_t) / abar_t)``, ascending in ``t`` (DDPM table in VE units)."""
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def log_sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """Continuous timestep of each ``sigma``: linear interpolation in ``log sigma`` over the ascending table
+    ``log_sigmas`` (index = timestep), clamped to the table's ends."""
+    log_sigma = sigma.log().clamp(log_sigmas[0], log_sigmas[-1])
+    high = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, len(log_sigmas) - 1)
+    low = high - 1
+    w = (log_sigma - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
+    return low.to(sigma.dtype) + w
+
+
+class DiscreteDenoiser:
+    """A discrete-time eps- or v-prediction network as a VE k-diffusion denoiser (see the module docstring).
+
+    Args:
+        net: ``net(x_in, t) -> prediction``; ``x_in`` is ``c_in x`` in ``net_dtype``, ``t`` one timestep per item.
+        alphas_cumprod: the training table ``abar_t`` (a diffusers scheduler's ``alphas_cumprod``).
+        prediction_type: "epsilon" or "v_prediction".
+        timesteps: "continuous" (log-sigma interpolation) or "quantized" (nearest integer timestep).
+        known: optional ``(sigmas, timesteps)`` a scheduler pairs exactly; they take precedence where they match.
+        net_dtype: dtype of the network input (the sampler keeps float32 state).
+    """
+
+    geometry = VE
+
+    def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], alphas_cumprod: torch.Tensor,
+                 prediction_type: str = "epsilon", timesteps: str = "continuous", known=None,
+                 net_dtype: torch.dtype = torch.float32):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r} is not supported; accepted: {PREDICTION_TYPES}")
+        if timesteps not in TIMESTEP_MODES:
+            raise ValueError(f"timesteps {timesteps!r} is not a mode; accepted: {TIMESTEP_MODES}")
+        self.net = net
+        self.prediction_type = prediction_type
+        self.quantize = timesteps == "quantized"
+        self.sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.to(torch.float32))
+        self.log_sigmas = self.sigmas.log()
+        self.known = None if known is None else tuple(torch.as_tensor(k, dtype=torch.float32) for k in known)
+        self.net_dtype = net_dtype
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The timestep the network sees at each ``sigma`` (float tensor)."""
+        sigma = sigma.to(torch.float32)
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        if self.quantize:
+            t = (log_sigmas[None, :] - sigma.log()[:, None]).abs().argmin(1).to(torch.float32)
+        else:
+            t = log_sigma_to_t(sigma, log_sigmas)
+        if self.known is not None:
+            known_sigma, known_t = (k.to(sigma.device) for k in self.known)
+            hit = sigma[:, None] == known_sigma[None, :]
+            t = torch.where(hit.any(1), known_t[hit.to(torch.uint8).argmax(1)], t)  # first matching pair
+        return t
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+        s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
+        x_in = x / (s**2 + 1) ** 0.5  # c_in x, written as diffusers' scale_model_input writes it
+        prediction = self.net(x_in.to(self.net_dtype), self.sigma_to_t(sigma)).to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return x - s * prediction
+        return x / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * prediction

@@ -1,0 +1,96 @@
+"""What the SDXL and FLUX pipelines share around the sampler: choosing the sampler and its options, the progress
+bar over model calls, ``callback_on_step_end`` and ``interrupt`` through the samplers' step-end protocol."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+
+from ..names import did_you_mean
+from ..registry import SamplerSpec, resolve_sampler
+
+# Sampler options the pipeline supplies itself.
+PIPELINE_OWNED = {"generator"}
+
+
+class Interrupted(Exception):
+    """Raised from a step end when the pipeline's ``interrupt`` flag is set; carries the state made so far."""
+
+    def __init__(self, latents: torch.Tensor):
+        super().__init__("interrupted")
+        self.latents = latents
+
+
+def choose_sampler(sampler, sigma_schedule: str | None):
+    """``(function, spec or None, schedule)`` for a registry name, an A1111 name (whose schedule suffix applies unless
+    ``sigma_schedule`` is given) or a sampler function."""
+    if callable(sampler) and not isinstance(sampler, str):
+        spec = sampler if isinstance(sampler, SamplerSpec) else None
+        return sampler, spec, sigma_schedule
+    resolved = resolve_sampler(sampler)
+    return resolved.spec, resolved.spec, sigma_schedule or resolved.schedule
+
+
+def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dict) -> None:
+    """Refuse options the sampler does not take (nothing is silently ignored) and the ones the pipeline owns."""
+    owned = sorted(PIPELINE_OWNED & set(sampler_kwargs))
+    if owned:
+        raise ValueError(f"sampler_kwargs may not set {owned}: pass the pipeline's `generator` argument instead")
+    if spec is not None:
+        accepted = [o for o in spec.options if o not in PIPELINE_OWNED]
+        name = spec.name
+    else:
+        params = inspect.signature(function).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        fixed = {"model", "x", "sigmas", "extra_args", "callback", "disable"}
+        accepted = [p for p in params if p not in fixed | PIPELINE_OWNED]
+        name = getattr(function, "__name__", repr(function))
+    unknown = sorted(set(sampler_kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"sampler {name!r} does not take option(s) {unknown}.{did_you_mean(unknown[0], accepted)} "
+            f"Its options: {', '.join(accepted) or 'none'}"
+        )
+
+
+def takes_generator(function) -> bool:
+    target = function.function if isinstance(function, SamplerSpec) else function
+    return "generator" in inspect.signature(target).parameters
+
+
+class PipelineDenoiser:
+    """A bridge denoiser as the pipeline runs it: a progress bar step per model call, and the step-end protocol of
+    :class:`~k_diffusing.samplers.base.SamplerRun` turned into diffusers' ``callback_on_step_end`` (called once per
+    sampler step with the state after it; a returned ``latents`` replaces the state, returned conditioning tensors
+    replace those in ``state``) and ``interrupt`` (stops after the current step, keeping what was made)."""
+
+    def __init__(self, pipe, inner, sigmas: list[float], progress, state: dict,
+                 callback: Callable | None, tensor_inputs: list[str]):
+        self.pipe, self.inner, self.sigmas, self.progress = pipe, inner, sigmas, progress
+        self.geometry = inner.geometry
+        self.state, self.callback, self.tensor_inputs = state, callback, tensor_inputs
+
+    def __call__(self, x, sigma, **kwargs):
+        out = self.inner(x, sigma, **kwargs)
+        self.progress.update()
+        return out
+
+    def timestep(self, i: int) -> torch.Tensor:
+        """The timestep the network sees at step ``i``'s sigma (what diffusers' callbacks receive as ``t``)."""
+        return self.inner.sigma_to_t(torch.tensor([self.sigmas[i]]))[0]
+
+    def on_step_end(self, i: int, x: torch.Tensor):
+        replaced = None
+        if self.callback is not None:
+            kwargs = {k: (x if k == "latents" else self.state[k]) for k in self.tensor_inputs}
+            outputs = self.callback(self.pipe, i, self.timestep(i), kwargs) or {}
+            replaced = outputs.pop("latents", None)
+            for key, value in outputs.items():
+                if key in self.state:
+                    self.state[key] = value
+        if self.pipe.interrupt:
+            raise Interrupted(x if replaced is None else replaced)
+        return replaced

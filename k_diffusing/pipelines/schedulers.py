@@ -1,0 +1,148 @@
+"""diffusers schedulers read as k-samplers: which sampler a loaded scheduler is, and its own sigmas.
+
+The pipeline's ``scheduler`` component is only read: a fresh copy (``type(s).from_config(s.config)``) is set up for
+the requested steps, and its sigmas, timesteps and initial-noise convention are taken from the copy.
+
+Latent conventions: the Euler family (Euler, Euler a, Heun, KDPM2, LMS, DPM-Solver SDE) keeps VE latents
+``x = x0 + sigma eps`` (``init_noise_sigma`` = the first sigma or ``sqrt(sigma^2 + 1)``); the DDPM family (DDIM,
+DDPM, DPM-Solver multistep, UniPC, DEIS, LCM) keeps VP latents ``x / sqrt(sigma^2 + 1)`` (``init_noise_sigma = 1``).
+Our samplers run in VE units, so VP latents are multiplied by ``sqrt(sigma_0^2 + 1)`` on the way in.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+
+from ..noise import BrownianTreeNoiseSampler
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    """The k-sampler a scheduler class runs, with the options read from its config."""
+
+    sampler: str
+    kwargs: dict = field(default_factory=dict)
+    vp_latents: bool = False
+
+
+def _dpm_multistep(config) -> Equivalent:
+    algorithm, order = config.algorithm_type, config.solver_order
+    if algorithm == "dpmsolver++" and order == 2 and config.solver_type == "midpoint":
+        return Equivalent("dpmpp_2m", vp_latents=True)
+    if algorithm == "sde-dpmsolver++" and order == 2:
+        name = "dpmpp_2m_sde_heun" if config.solver_type == "heun" else "dpmpp_2m_sde"
+        return Equivalent(name, vp_latents=True)
+    raise ValueError(
+        f"DPMSolverMultistepScheduler(algorithm_type={algorithm!r}, solver_order={order}, "
+        f"solver_type={config.solver_type!r}) has no k-sampler equivalent here; pass sampler= (e.g. 'dpmpp_2m', "
+        "'dpmpp_2m_sde', 'dpmpp_3m_sde')"
+    )
+
+
+def _unclipped(config, name: str, sampler: str) -> Equivalent:
+    """DDIM (eta = 0 is Euler in VE units: Song et al. 2020, arXiv 2010.02502, Eq. 14), DDPM and LCM, as long as
+    they do not clip or threshold the predicted sample (which no k-sampler does)."""
+    if getattr(config, "clip_sample", False) or getattr(config, "thresholding", False):
+        raise ValueError(
+            f"{name} with clip_sample/thresholding has no k-sampler equivalent (samplers never clip x0); set "
+            "clip_sample=False and thresholding=False in its config or pass sampler="
+        )
+    return Equivalent(sampler, vp_latents=True)
+
+
+def _unipc(config) -> Equivalent:
+    name = "uni_pc_bh2" if config.solver_type == "bh2" else "uni_pc"
+    kwargs = {"order": config.solver_order, "lower_order_final": config.lower_order_final,
+              "use_corrector": not config.disable_corrector}
+    return Equivalent(name, kwargs, vp_latents=True)
+
+
+_EQUIVALENTS = {
+    "EulerDiscreteScheduler": lambda c: Equivalent("euler"),
+    "EulerAncestralDiscreteScheduler": lambda c: Equivalent("euler_ancestral"),
+    "HeunDiscreteScheduler": lambda c: Equivalent("heun"),
+    "KDPM2DiscreteScheduler": lambda c: Equivalent("dpm_2"),
+    "KDPM2AncestralDiscreteScheduler": lambda c: Equivalent("dpm_2_ancestral"),
+    "LMSDiscreteScheduler": lambda c: Equivalent("lms"),
+    "DPMSolverSDEScheduler": lambda c: Equivalent("dpmpp_sde"),
+    "DPMSolverMultistepScheduler": _dpm_multistep,
+    "UniPCMultistepScheduler": _unipc,
+    "DEISMultistepScheduler": lambda c: Equivalent("deis", {"max_order": c.solver_order}, vp_latents=True),
+    "DDIMScheduler": lambda c: _unclipped(c, "DDIMScheduler", "euler"),
+    "DDPMScheduler": lambda c: _unclipped(c, "DDPMScheduler", "ddpm"),
+    "LCMScheduler": lambda c: _unclipped(c, "LCMScheduler", "lcm"),
+}
+
+# Schedulers whose timesteps pair one-to-one with the first len(timesteps) of their sigmas.
+_PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+           "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"}
+
+
+def equivalent(scheduler) -> Equivalent:
+    """The k-sampler equivalent to ``scheduler``; ValueError for a scheduler without one."""
+    name = type(scheduler).__name__
+    if name not in _EQUIVALENTS:
+        raise ValueError(
+            f"{name} has no k-sampler equivalent; pass sampler= explicitly. Schedulers with one: "
+            f"{', '.join(sorted(_EQUIVALENTS))}"
+        )
+    return _EQUIVALENTS[name](scheduler.config)
+
+
+@dataclass
+class SchedulerSigmas:
+    """A scheduler's own schedule in k-sampler form."""
+
+    sigmas: torch.Tensor  # float64, descending, the k-sampler's sigmas
+    known: tuple[torch.Tensor, torch.Tensor] | None  # (sigma, timestep) pairs the scheduler feeds the network
+    init_noise_sigma: float  # what the parent multiplies the initial noise by
+    vp_latents: bool
+
+
+def _set_up_copy(scheduler, num_inference_steps, timesteps=None, sigmas=None):
+    fresh = type(scheduler).from_config(scheduler.config)
+    params = set(inspect.signature(fresh.set_timesteps).parameters)
+    if timesteps is not None:
+        if "timesteps" not in params:
+            raise ValueError(f"{type(fresh).__name__}.set_timesteps does not take custom timesteps")
+        fresh.set_timesteps(timesteps=timesteps, device="cpu")
+    elif sigmas is not None:
+        if "sigmas" not in params:
+            raise ValueError(f"{type(fresh).__name__}.set_timesteps does not take custom sigmas")
+        fresh.set_timesteps(sigmas=sigmas, device="cpu")
+    else:
+        fresh.set_timesteps(num_inference_steps, device="cpu")
+    return fresh
+
+
+def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas=None) -> SchedulerSigmas:
+    """Set up a copy of ``scheduler`` and read its schedule: main sigmas (interleaved second-order evaluations
+    removed), the (sigma, timestep) pairs it feeds the network, and its initial noise scale."""
+    fresh = _set_up_copy(scheduler, num_inference_steps, timesteps, sigmas)
+    name = type(fresh).__name__
+    ts = fresh.timesteps.to(torch.float32)
+    if getattr(fresh, "sigmas", None) is not None:
+        table = fresh.sigmas.to(torch.float32)
+        main = torch.unique_consecutive(table)
+    else:  # DDIM / DDPM / LCM: sigma at each timestep, then the final one (DDIM: final_alpha_cumprod)
+        acp = fresh.alphas_cumprod.to(torch.float32)
+        final = torch.as_tensor(getattr(fresh, "final_alpha_cumprod", 1.0), dtype=torch.float32).reshape(1)
+        table = torch.cat([acp[fresh.timesteps.long()], final])
+        table = main = ((1 - table) / table) ** 0.5
+    known = (table[: len(ts)], ts) if name in _PAIRED or getattr(fresh, "sigmas", None) is None else None
+    init = float(getattr(fresh, "init_noise_sigma", 1.0))
+    return SchedulerSigmas(main.to(torch.float64), known, init, equivalent(fresh).vp_latents)
+
+
+def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor):
+    """DPMSolverSDEScheduler's own Brownian noise (a tree over its sigma range seeded by ``noise_sampler_seed``),
+    or None when the scheduler is not one or has no fixed seed."""
+    seed = getattr(scheduler.config, "noise_sampler_seed", None)
+    if type(scheduler).__name__ != "DPMSolverSDEScheduler" or seed is None:
+        return None
+    positive = sigmas[sigmas > 0]
+    return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed)
+

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .geometry import VE
+from .geometry import FLOW, VE
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_MODES = ("continuous", "quantized")
@@ -44,6 +44,20 @@ def log_sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tenso
     low = high - 1
     w = (log_sigma - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
     return low.to(sigma.dtype) + w
+
+
+def paired_timesteps(sigma: torch.Tensor, t: torch.Tensor, known) -> torch.Tensor:
+    """``t``, except where ``sigma`` equals one of the ``known = (sigmas, timesteps)`` pairs of a scheduler: there the
+    paired timestep (the first match), so the network sees exactly what the scheduler would pass it."""
+    if known is None:
+        return t
+    known_sigma, known_t = (k.to(sigma.device) for k in known)
+    hit = sigma[:, None] == known_sigma[None, :]
+    return torch.where(hit.any(1), known_t[hit.to(torch.uint8).argmax(1)], t)
+
+
+def _as_known(known):
+    return None if known is None else tuple(torch.as_tensor(k, dtype=torch.float32) for k in known)
 
 
 class DiscreteDenoiser:
@@ -72,7 +86,7 @@ class DiscreteDenoiser:
         self.quantize = timesteps == "quantized"
         self.sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.to(torch.float32))
         self.log_sigmas = self.sigmas.log()
-        self.known = None if known is None else tuple(torch.as_tensor(k, dtype=torch.float32) for k in known)
+        self.known = _as_known(known)
         self.net_dtype = net_dtype
 
     @property
@@ -91,11 +105,7 @@ class DiscreteDenoiser:
             t = (log_sigmas[None, :] - sigma.log()[:, None]).abs().argmin(1).to(torch.float32)
         else:
             t = log_sigma_to_t(sigma, log_sigmas)
-        if self.known is not None:
-            known_sigma, known_t = (k.to(sigma.device) for k in self.known)
-            hit = sigma[:, None] == known_sigma[None, :]
-            t = torch.where(hit.any(1), known_t[hit.to(torch.uint8).argmax(1)], t)  # first matching pair
-        return t
+        return paired_timesteps(sigma, t, self.known)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
         s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
@@ -104,3 +114,33 @@ class DiscreteDenoiser:
         if self.prediction_type == "epsilon":
             return x - s * prediction
         return x / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * prediction
+
+
+class FlowDenoiser:
+    """A rectified-flow velocity network (FLUX, SD3) as a flow-geometry denoiser: ``x = (1 - sigma) x0 + sigma eps``,
+    the network predicts ``v = eps - x0``, so ``D = x - sigma v`` (Liu et al. 2022, arXiv 2209.03003; Esser et al.
+    2024, arXiv 2403.03206, Sec. 2). The network gets ``x`` unscaled and the timestep ``t = sigma N``
+    (``N = num_train_timesteps``) cast to ``net_dtype`` exactly as diffusers' FluxPipeline casts it (in bf16 this
+    rounds ``t``: 988.41 becomes 988); ``known`` scheduler pairs take precedence as in :class:`DiscreteDenoiser`.
+
+    Args:
+        net: ``net(x, t) -> v`` with ``x`` in ``net_dtype`` and ``t`` (already in ``net_dtype``) one per item.
+    """
+
+    geometry = FLOW
+
+    def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_train_timesteps: int = 1000,
+                 known=None, net_dtype: torch.dtype = torch.float32):
+        self.net = net
+        self.num_train_timesteps = num_train_timesteps
+        self.known = _as_known(known)
+        self.net_dtype = net_dtype
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.to(torch.float32)
+        return paired_timesteps(sigma, sigma * self.num_train_timesteps, self.known)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+        s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
+        v = self.net(x.to(self.net_dtype), self.sigma_to_t(sigma).to(self.net_dtype)).to(x.dtype)
+        return x - s * v

@@ -4,6 +4,9 @@ bar over model calls, ``callback_on_step_end`` and ``interrupt`` through the sam
 from __future__ import annotations
 
 import inspect
+import json
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -94,3 +97,35 @@ class PipelineDenoiser:
         if self.pipe.interrupt:
             raise Interrupted(x if replaced is None else replaced)
         return replaced
+
+
+class SavesAsParent:
+    """Mixin for the K pipelines: ``save_pretrained`` is the parent's, with ``model_index.json`` naming the diffusers
+    parent class, so plain ``diffusers.DiffusionPipeline.from_pretrained`` loads the folder (the K class's own
+    ``from_pretrained`` loads it too)."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        parent = next(c for c in type(self).__mro__[1:] if c.__module__.startswith("diffusers."))
+        index = Path(save_directory) / "model_index.json"
+        config = json.loads(index.read_text())
+        config["_class_name"] = parent.__name__
+        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def run_sampler(pipe, function, spec: SamplerSpec | None, bridge, sigmas: torch.Tensor, x: torch.Tensor,
+                generator, sampler_kwargs: dict, state: dict, callback: Callable | None,
+                tensor_inputs: list[str]) -> tuple[torch.Tensor, bool]:
+    """Run ``function`` on ``bridge`` over ``sigmas`` from ``x`` with the pipeline's progress bar (counting model
+    calls), callbacks and interrupt; returns ``(x, interrupted)``."""
+    kwargs = dict(sampler_kwargs)
+    if takes_generator(function):
+        kwargs.setdefault("generator", generator)
+    pipe._num_timesteps = len(sigmas) - 1
+    calls = (spec.calls_per_step if spec is not None else 1) * pipe._num_timesteps
+    with pipe.progress_bar(total=calls) as progress:
+        model = PipelineDenoiser(pipe, bridge, sigmas.tolist(), progress, state, callback, tensor_inputs)
+        try:
+            return function(model, x, sigmas.to(x.device), disable=True, **kwargs), False
+        except Interrupted as stop:
+            return stop.latents, True

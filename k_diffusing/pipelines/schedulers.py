@@ -74,11 +74,14 @@ _EQUIVALENTS = {
     "DDIMScheduler": lambda c: _unclipped(c, "DDIMScheduler", "euler"),
     "DDPMScheduler": lambda c: _unclipped(c, "DDPMScheduler", "ddpm"),
     "LCMScheduler": lambda c: _unclipped(c, "LCMScheduler", "lcm"),
+    "FlowMatchEulerDiscreteScheduler": lambda c: Equivalent("euler"),
+    "FlowMatchHeunDiscreteScheduler": lambda c: Equivalent("heun"),
 }
 
 # Schedulers whose timesteps pair one-to-one with the first len(timesteps) of their sigmas.
 _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-           "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"}
+           "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
+           "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"}
 
 
 def equivalent(scheduler) -> Equivalent:
@@ -102,26 +105,27 @@ class SchedulerSigmas:
     vp_latents: bool
 
 
-def _set_up_copy(scheduler, num_inference_steps, timesteps=None, sigmas=None):
+def _set_up_copy(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu=None):
+    """A fresh copy of ``scheduler`` set up as the parent pipeline sets up its own (``mu`` only where accepted)."""
     fresh = type(scheduler).from_config(scheduler.config)
     params = set(inspect.signature(fresh.set_timesteps).parameters)
+    for name, value in (("timesteps", timesteps), ("sigmas", sigmas)):
+        if value is not None and name not in params:
+            raise ValueError(f"{type(fresh).__name__}.set_timesteps does not take custom {name}")
+    kwargs = {"mu": mu} if mu is not None and "mu" in params else {}
     if timesteps is not None:
-        if "timesteps" not in params:
-            raise ValueError(f"{type(fresh).__name__}.set_timesteps does not take custom timesteps")
-        fresh.set_timesteps(timesteps=timesteps, device="cpu")
-    elif sigmas is not None:
-        if "sigmas" not in params:
-            raise ValueError(f"{type(fresh).__name__}.set_timesteps does not take custom sigmas")
-        fresh.set_timesteps(sigmas=sigmas, device="cpu")
+        fresh.set_timesteps(timesteps=timesteps, device="cpu", **kwargs)
+    elif sigmas is not None:  # as diffusers' retrieve_timesteps: custom sigmas replace the step count
+        fresh.set_timesteps(sigmas=sigmas, device="cpu", **kwargs)
     else:
-        fresh.set_timesteps(num_inference_steps, device="cpu")
+        fresh.set_timesteps(num_inference_steps, device="cpu", **kwargs)
     return fresh
 
 
-def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas=None) -> SchedulerSigmas:
+def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas=None, mu=None) -> SchedulerSigmas:
     """Set up a copy of ``scheduler`` and read its schedule: main sigmas (interleaved second-order evaluations
     removed), the (sigma, timestep) pairs it feeds the network, and its initial noise scale."""
-    fresh = _set_up_copy(scheduler, num_inference_steps, timesteps, sigmas)
+    fresh = _set_up_copy(scheduler, num_inference_steps, timesteps, sigmas, mu)
     name = type(fresh).__name__
     ts = fresh.timesteps.to(torch.float32)
     if getattr(fresh, "sigmas", None) is not None:

@@ -9,10 +9,7 @@ The pipeline's ``scheduler`` is read, never changed: its schedule comes from a f
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -24,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..denoisers import DiscreteDenoiser, sigmas_from_alphas_cumprod
 from ..schedules import get_sigmas
-from .common import Interrupted, PipelineDenoiser, check_sampler_kwargs, choose_sampler, takes_generator
+from .common import SavesAsParent, check_sampler_kwargs, choose_sampler, run_sampler
 from .schedulers import brownian_noise_for, equivalent, scheduler_sigmas
 
 
@@ -35,18 +32,8 @@ def _custom_sigmas(sigmas) -> torch.Tensor:
     return values if values[-1] == 0 else torch.cat([values, values.new_zeros(1)])
 
 
-class KSDXLPipeline(StableDiffusionXLPipeline):
+class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
     """StableDiffusionXLPipeline whose denoising loop is a k-sampler (see ``__call__``'s extra arguments)."""
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """The parent's ``save_pretrained``, with ``model_index.json`` naming the parent class so that plain
-        ``diffusers.DiffusionPipeline.from_pretrained`` loads the folder (``KSDXLPipeline.from_pretrained`` does too).
-        """
-        super().save_pretrained(save_directory, *args, **kwargs)
-        index = Path(save_directory) / "model_index.json"
-        config = json.loads(index.read_text())
-        config["_class_name"] = StableDiffusionXLPipeline.__name__
-        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @torch.no_grad()
     def __call__(
@@ -267,23 +254,14 @@ class KSDXLPipeline(StableDiffusionXLPipeline):
         x = latents.to(torch.float32) * scale
 
         # 6. Sample.
-        if takes_generator(function):
-            sampler_kwargs.setdefault("generator", generator)
         if sampler is None and own is not None and "noise_sampler" not in sampler_kwargs:
             own_noise = brownian_noise_for(self.scheduler, x, own.sigmas.to(torch.float32))
             if own_noise is not None:
                 sampler_kwargs["noise_sampler"] = own_noise
-        self._num_timesteps = len(k_sigmas) - 1
-        calls = (spec.calls_per_step if spec is not None else 1) * self._num_timesteps
-        with self.progress_bar(total=calls) as progress:
-            model = PipelineDenoiser(self, bridge, k_sigmas.tolist(), progress, state, callback_on_step_end,
-                                     callback_on_step_end_tensor_inputs)
-            try:
-                x = function(model, x, k_sigmas.to(device), disable=True, **sampler_kwargs)
-                if own is not None and own.vp_latents:  # back to the parent's VP latents (identity at sigma = 0)
-                    x = x / math.sqrt(float(k_sigmas[-1]) ** 2 + 1)
-            except Interrupted as stop:
-                x = stop.latents
+        x, interrupted = run_sampler(self, function, spec, bridge, k_sigmas, x, generator, sampler_kwargs, state,
+                                     callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if own is not None and own.vp_latents and not interrupted:  # the parent's VP latents (identity at 0)
+            x = x / math.sqrt(float(k_sigmas[-1]) ** 2 + 1)
         return self._decode(x.to(prompt_embeds.dtype), output_type, return_dict)
 
     def _decode(self, latents: torch.Tensor, output_type: str, return_dict: bool):

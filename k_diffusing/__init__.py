@@ -10,11 +10,11 @@ from .registry import SamplerSpec, get_sampler, list_samplers, resolve_sampler
 
 __version__ = "0.1.0"
 
-_PIPELINES = {"KSDXLPipeline"}
+_PIPELINES = {"KFluxPipeline", "KSDXLPipeline"}
 
 
 def __getattr__(name):
-    """The pipelines import diffusers, so they load on first use: ``k_diffusing.KSDXLPipeline``."""
+    """The pipelines import diffusers, so they load on first use: ``k_diffusing.KSDXLPipeline``, ``KFluxPipeline``."""
     if name in _PIPELINES:
         from . import pipelines
 
@@ -23,6 +23,7 @@ def __getattr__(name):
 
 __all__ = [
     "FLOW",
+    "KFluxPipeline",
     "KSDXLPipeline",
     "VE",
     "FlowMatching",

@@ -1,5 +1,6 @@
 """diffusers pipelines whose denoising loop is a k-sampler."""
 
+from .flux import KFluxPipeline
 from .sdxl import KSDXLPipeline
 
-__all__ = ["KSDXLPipeline"]
+__all__ = ["KFluxPipeline", "KSDXLPipeline"]

@@ -90,7 +90,7 @@ def _default_scheduler(prediction_type: str):
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Seed the global CPU RNG for a construction and restore the caller's RNG state afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -99,7 +99,7 @@ def _seeded(seed: int):
 
 def tiny_sdxl_unet(seed: int = 0, time_cond_proj_dim: int | None = None):
     """A random ``UNet2DConditionModel`` with SDXL's structure (``addition_embed_type="text_time"``), in eval mode."""
-    with _seeded(seed):
+    with seeded(seed):
         unet = UNet2DConditionModel(
             sample_size=UNET_SAMPLE_SIZE,
             in_channels=LATENT_CHANNELS,
@@ -123,7 +123,7 @@ def tiny_sdxl_unet(seed: int = 0, time_cond_proj_dim: int | None = None):
 
 def tiny_sdxl_vae(seed: int = 0):
     """A random two-block ``AutoencoderKL`` (vae_scale_factor 2, 4 latent channels, SDXL's scaling factor)."""
-    with _seeded(seed):
+    with seeded(seed):
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -139,7 +139,7 @@ def tiny_sdxl_vae(seed: int = 0):
     return vae.eval()
 
 
-def _clip_text_config(tokenizer):
+def clip_text_config(tokenizer):
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=TEXT_HIDDEN_SIZE,
@@ -171,10 +171,10 @@ def tiny_sdxl_components(
     """
     tokenizer = clip_tokenizer()
     tokenizer_2 = clip_tokenizer()
-    with _seeded(seed + 2):
-        text_encoder = CLIPTextModel(_clip_text_config(tokenizer))
-    with _seeded(seed + 3):
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2))
+    with seeded(seed + 2):
+        text_encoder = CLIPTextModel(clip_text_config(tokenizer))
+    with seeded(seed + 3):
+        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2))
     return {
         "unet": tiny_sdxl_unet(seed, time_cond_proj_dim),
         "vae": tiny_sdxl_vae(seed + 1),

@@ -30,7 +30,7 @@ from diffusers import (
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-from .tiny import _clip_text_config, _seeded
+from .tiny import clip_text_config, seeded
 from .tokenizers import clip_tokenizer, t5_tokenizer
 
 LATENT_CHANNELS = 1
@@ -77,7 +77,7 @@ def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0):
     ``guidance_embeds=True`` is FLUX.1-dev's shape (guidance distilled: the pipeline passes ``guidance_scale`` as
     an input), ``False`` is FLUX.1-schnell's (the pipeline passes ``guidance=None``).
     """
-    with _seeded(seed):
+    with seeded(seed):
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=IN_CHANNELS,
@@ -96,7 +96,7 @@ def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0):
 def tiny_flux_vae(seed: int = 0):
     """A random one-block ``AutoencoderKL`` (vae_scale_factor 1, one latent channel, FLUX.1's scaling and shift
     factors, no quant convs as in FLUX.1's VAE)."""
-    with _seeded(seed):
+    with seeded(seed):
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -141,9 +141,9 @@ def tiny_flux_components(guidance_embeds: bool = True, scheduler=None, seed: int
     """
     tokenizer = clip_tokenizer()
     tokenizer_2 = t5_tokenizer()
-    with _seeded(seed + 2):
-        text_encoder = CLIPTextModel(_clip_text_config(tokenizer))
-    with _seeded(seed + 3):
+    with seeded(seed + 2):
+        text_encoder = CLIPTextModel(clip_text_config(tokenizer))
+    with seeded(seed + 3):
         text_encoder_2 = T5EncoderModel(_t5_config(tokenizer_2))
     if scheduler is None:
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(flux_scheduler_config())

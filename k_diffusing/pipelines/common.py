@@ -13,6 +13,7 @@ import torch
 
 from ..names import did_you_mean
 from ..registry import SamplerSpec, resolve_sampler
+from .schedulers import equivalent
 
 # Sampler options the pipeline supplies itself.
 PIPELINE_OWNED = {"generator"}
@@ -34,6 +35,20 @@ def choose_sampler(sampler, sigma_schedule: str | None):
         return sampler, spec, sigma_schedule
     resolved = resolve_sampler(sampler)
     return resolved.spec, resolved.spec, sigma_schedule or resolved.schedule
+
+
+def pick_sampler(scheduler, sampler, sigma_schedule: str | None, sampler_kwargs: dict | None):
+    """``(function, spec, schedule, kwargs)``: the requested sampler, or with ``sampler=None`` the k-sampler
+    equivalent to ``scheduler`` with the options read from its config; the options are checked."""
+    kwargs = dict(sampler_kwargs or {})
+    if sampler is None:
+        eq = equivalent(scheduler)
+        function, spec, schedule = choose_sampler(eq.sampler, sigma_schedule)
+        kwargs = {**eq.kwargs, **kwargs}
+    else:
+        function, spec, schedule = choose_sampler(sampler, sigma_schedule)
+    check_sampler_kwargs(function, spec, kwargs)
+    return function, spec, schedule, kwargs
 
 
 def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dict) -> None:

@@ -23,8 +23,8 @@ from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
 from ..denoisers import FlowDenoiser
 from ..schedules import flow_sigma_table, get_sigmas
-from .common import SavesAsParent, check_sampler_kwargs, choose_sampler, run_sampler
-from .schedulers import equivalent, scheduler_sigmas
+from .common import SavesAsParent, pick_sampler, run_sampler
+from .schedulers import scheduler_sigmas
 
 
 def flow_shift(scheduler, mu: float) -> float:
@@ -94,7 +94,6 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        sampler_kwargs = dict(sampler_kwargs or {})
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
         self.check_inputs(
@@ -110,13 +109,8 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         self._interrupt = False
 
         # 1. The sampler (before any model runs, so bad input fails fast).
-        if sampler is None:
-            eq = equivalent(self.scheduler)
-            function, spec, schedule = choose_sampler(eq.sampler, sigma_schedule)
-            sampler_kwargs = {**eq.kwargs, **sampler_kwargs}
-        else:
-            function, spec, schedule = choose_sampler(sampler, sigma_schedule)
-        check_sampler_kwargs(function, spec, sampler_kwargs)
+        function, spec, schedule, sampler_kwargs = pick_sampler(self.scheduler, sampler, sigma_schedule,
+                                                                sampler_kwargs)
 
         # 2. Prompts (the parent's encode_prompt; a second set for true CFG).
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]

@@ -21,8 +21,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..denoisers import DiscreteDenoiser, sigmas_from_alphas_cumprod
 from ..schedules import get_sigmas
-from .common import SavesAsParent, check_sampler_kwargs, choose_sampler, run_sampler
-from .schedulers import brownian_noise_for, equivalent, scheduler_sigmas
+from .common import SavesAsParent, pick_sampler, run_sampler
+from .schedulers import brownian_noise_for, scheduler_sigmas
 
 
 def _custom_sigmas(sigmas) -> torch.Tensor:
@@ -114,7 +114,6 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
             raise ValueError(f"eta={eta} is a DDIM scheduler option; pass sampler_kwargs={{'eta': {eta}}} instead")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        sampler_kwargs = dict(sampler_kwargs or {})
 
         # 0. Defaults and checks, as the parent.
         height = height or self.default_sample_size * self.vae_scale_factor
@@ -136,13 +135,8 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
         self._interrupt = False
 
         # 1. The sampler and its sigmas (before any model runs, so bad input fails fast).
-        if sampler is None:
-            eq = equivalent(self.scheduler)
-            function, spec, schedule = choose_sampler(eq.sampler, sigma_schedule)
-            sampler_kwargs = {**eq.kwargs, **sampler_kwargs}
-        else:
-            function, spec, schedule = choose_sampler(sampler, sigma_schedule)
-        check_sampler_kwargs(function, spec, sampler_kwargs)
+        function, spec, schedule, sampler_kwargs = pick_sampler(self.scheduler, sampler, sigma_schedule,
+                                                                sampler_kwargs)
         alphas_cumprod = self.scheduler.alphas_cumprod
         if timesteps is not None and schedule is not None:
             raise ValueError(f"`timesteps` and sigma_schedule={schedule!r} both choose the schedule; pass one")

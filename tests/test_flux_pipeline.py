@@ -165,8 +165,6 @@ def test_dpm_flow_without_dynamic_shifting_fails_as_in_the_parent(comps):
             _run(_build(cls, comps, scheduler), steps=2)
 
 
-@pytest.mark.xfail(strict=True, reason="invert_sigmas=True gives ascending sigmas from 0; the k-sampler divides by "
-                                       "sigma = 0 and returns NaN latents silently (the parent returns finite ones)")
 def test_inverted_sigmas_are_refused_or_followed(comps):
     scheduler = _euler_scheduler(invert_sigmas=True)
     theirs = _run(_build(FluxPipeline, comps, scheduler))
@@ -300,9 +298,6 @@ def test_batch_of_generators_euler_ancestral(comps):
         assert torch.equal(batch[i : i + 1], alone)
 
 
-@pytest.mark.xfail(strict=True, reason="FlowMatchEulerDiscreteScheduler(stochastic_sampling=True) is mapped to the "
-                                       "deterministic euler; its step x = (1 - s') x0 + s' noise is lcm, which "
-                                       "reproduces the parent bit for bit")
 def test_stochastic_flowmatch_euler_default_matches_native():
     scheduler = _euler_scheduler(stochastic_sampling=True)
     pipe = analytic_flux_pipeline(mean=0.5, std=1.5, scheduler=scheduler, pipeline_cls=KFluxPipeline)

@@ -128,11 +128,22 @@ class SavesAsParent:
         index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def check_sigmas(sigmas: torch.Tensor) -> None:
+    """A sampler's schedule must be a finite, non-increasing 1-D sequence of at least 2 values, ending at or above 0."""
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a 1-D sequence of at least 2 values, got shape {tuple(sigmas.shape)}")
+    if not torch.isfinite(sigmas).all():
+        raise ValueError(f"sigmas must be finite, got {sigmas.tolist()}")
+    if (sigmas[1:] > sigmas[:-1]).any() or sigmas[-1] < 0:
+        raise ValueError(f"sigmas must descend and end at or above 0, got {sigmas.tolist()}")
+
+
 def run_sampler(pipe, function, spec: SamplerSpec | None, bridge, sigmas: torch.Tensor, x: torch.Tensor,
                 generator, sampler_kwargs: dict, state: dict, callback: Callable | None,
                 tensor_inputs: list[str]) -> tuple[torch.Tensor, bool]:
     """Run ``function`` on ``bridge`` over ``sigmas`` from ``x`` with the pipeline's progress bar (counting model
     calls), callbacks and interrupt; returns ``(x, interrupted)``."""
+    check_sigmas(sigmas)
     kwargs = dict(sampler_kwargs)
     if takes_generator(function):
         kwargs.setdefault("generator", generator)

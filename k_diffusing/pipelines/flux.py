@@ -109,6 +109,8 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         self._interrupt = False
 
         # 1. The sampler (before any model runs, so bad input fails fast).
+        if sigmas is not None and sigma_schedule is not None:
+            raise ValueError(f"`sigmas` and sigma_schedule={sigma_schedule!r} both choose the schedule; pass one")
         function, spec, schedule, sampler_kwargs = pick_sampler(self.scheduler, sampler, sigma_schedule,
                                                                 sampler_kwargs)
 

@@ -53,6 +53,14 @@ def _unclipped(config, name: str, sampler: str) -> Equivalent:
     return Equivalent(sampler, vp_latents=True)
 
 
+def _flow_match_euler(config) -> Equivalent:
+    """Euler in flow geometry; with ``stochastic_sampling`` its step is ``x = (1 - s') D + s' z``, i.e. ``lcm``."""
+    if config.get("invert_sigmas", False):
+        raise ValueError("FlowMatchEulerDiscreteScheduler(invert_sigmas=True) runs sigma upwards from 0; no k-sampler "
+                         "integrates that way. Use invert_sigmas=False or pass sampler= with a descending schedule")
+    return Equivalent("lcm" if config.get("stochastic_sampling", False) else "euler")
+
+
 def _unipc(config) -> Equivalent:
     name = "uni_pc_bh2" if config.solver_type == "bh2" else "uni_pc"
     kwargs = {"order": config.solver_order, "lower_order_final": config.lower_order_final,
@@ -74,7 +82,7 @@ _EQUIVALENTS = {
     "DDIMScheduler": lambda c: _unclipped(c, "DDIMScheduler", "euler"),
     "DDPMScheduler": lambda c: _unclipped(c, "DDPMScheduler", "ddpm"),
     "LCMScheduler": lambda c: _unclipped(c, "LCMScheduler", "lcm"),
-    "FlowMatchEulerDiscreteScheduler": lambda c: Equivalent("euler"),
+    "FlowMatchEulerDiscreteScheduler": _flow_match_euler,
     "FlowMatchHeunDiscreteScheduler": lambda c: Equivalent("heun"),
 }
 

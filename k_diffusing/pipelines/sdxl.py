@@ -135,6 +135,8 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
         self._interrupt = False
 
         # 1. The sampler and its sigmas (before any model runs, so bad input fails fast).
+        if sigmas is not None and sigma_schedule is not None:
+            raise ValueError(f"`sigmas` and sigma_schedule={sigma_schedule!r} both choose the schedule; pass one")
         function, spec, schedule, sampler_kwargs = pick_sampler(self.scheduler, sampler, sigma_schedule,
                                                                 sampler_kwargs)
         alphas_cumprod = self.scheduler.alphas_cumprod

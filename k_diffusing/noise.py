@@ -14,6 +14,7 @@ Without a generator or a noise sampler, noise comes from torch's global RNG, exa
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence, Union
 
 import torch
@@ -89,6 +90,10 @@ class BatchedBrownianTree:
         else:
             seeds = [seed]
         self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s, **kwargs) for s in seeds]
+        # torchsde rounds the interval's ends to its tolerance (1e-6 -> 6 digits) and warns on, then clamps, queries
+        # outside them; clamping first gives the same values without the warning.
+        digits = -int(math.log10(kwargs.get("tol", 1e-6)))
+        self.bounds = (round(float(t0), digits), round(float(t1), digits))
 
     @staticmethod
     def _sort(a, b):
@@ -96,6 +101,8 @@ class BatchedBrownianTree:
 
     def __call__(self, t0, t1) -> torch.Tensor:
         t0, t1, sign = self._sort(t0, t1)
+        lo, hi = self.bounds
+        t0, t1 = min(max(float(t0), lo), hi), min(max(float(t1), lo), hi)
         w = torch.stack([tree(t0, t1) for tree in self.trees]) * (self.sign * sign)
         return w if self.batched else w[0]
 

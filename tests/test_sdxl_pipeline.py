@@ -640,8 +640,6 @@ def test_progress_bar_counts_model_calls(comps, sampler):
         assert bars[0].total == bars[0].n == 5
 
 
-@pytest.mark.xfail(strict=True, reason="bar total is calls_per_step * steps (10) but heun makes 9 calls; the "
-                                       "parent's HeunDiscreteScheduler bar has total 9")
 def test_progress_bar_total_matches_calls_for_two_call_samplers(comps):
     pipe = _build(KSDXLPipeline, comps, _scheduler("HeunDiscreteScheduler"))
     bars = _bars(pipe)
@@ -649,8 +647,6 @@ def test_progress_bar_total_matches_calls_for_two_call_samplers(comps):
     assert bars[0].total == bars[0].n == 9
 
 
-@pytest.mark.xfail(strict=True, reason="torchsde rounds the Brownian tree's ends to 6 decimals (tol 1e-6), so the "
-                                       "queries at sigma_min / sigma_max fall outside and it warns 'Should have ta>=t0'")
 def test_brownian_samplers_do_not_warn(comps):
     import warnings
 

@@ -148,10 +148,16 @@ def run_sampler(pipe, function, spec: SamplerSpec | None, bridge, sigmas: torch.
     if takes_generator(function):
         kwargs.setdefault("generator", generator)
     pipe._num_timesteps = len(sigmas) - 1
-    calls = (spec.calls_per_step if spec is not None else 1) * pipe._num_timesteps
+    per_step = spec.calls_per_step if spec is not None else 1
+    # An estimate (multi-call samplers take one call on the step into 0; restart and dpm_adaptive vary), set to the
+    # real count when sampling ends.
+    calls = per_step * pipe._num_timesteps - (per_step - 1 if sigmas[-1] == 0 else 0)
     with pipe.progress_bar(total=calls) as progress:
         model = PipelineDenoiser(pipe, bridge, sigmas.tolist(), progress, state, callback, tensor_inputs)
         try:
             return function(model, x, sigmas.to(x.device), disable=True, **kwargs), False
         except Interrupted as stop:
             return stop.latents, True
+        finally:
+            progress.total = progress.n
+            progress.refresh()

@@ -8,7 +8,6 @@ was seen to fail with a deliberately broken bridge or model (timesteps not paire
 unrounded bf16 timesteps); the cheap controls are kept as tests (``*_can_fail``).
 """
 
-import copy
 import inspect
 import json
 import math
@@ -35,6 +34,7 @@ from k_diffusing.denoisers import FlowDenoiser  # noqa: E402
 from k_diffusing.pipelines import flux  # noqa: E402
 from k_diffusing.sampling import sample_euler, sample_heun  # noqa: E402
 from k_diffusing.schedules import flow_sigma_table  # noqa: E402
+from k_diffusing.testing.state import same_snapshot, snapshot
 from k_diffusing.testing.tiny_flux import (  # noqa: E402
     analytic_flux_pipeline,
     flux_scheduler_config,
@@ -682,29 +682,6 @@ def test_bad_sampler_options_raise(comps):
         _run(pipe, sampler="euler", sigma_schedule="karas")
 
 
-def _scheduler_state(scheduler) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in vars(scheduler).items()}
-
-
-def _same_state(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for key, x in a.items():
-        y = b[key]
-        if isinstance(x, torch.Tensor):
-            if not (isinstance(y, torch.Tensor) and x.shape == y.shape and torch.equal(x, y)):
-                return False
-        elif isinstance(x, list) and any(isinstance(v, torch.Tensor) for v in x):
-            if len(x) != len(y) or not all(
-                (u is None and v is None) or (u is not None and v is not None and torch.equal(u, v))
-                for u, v in zip(x, y)
-            ):
-                return False
-        elif x != y:
-            return False
-    return True
-
-
 @pytest.mark.parametrize("make_scheduler", [
     lambda: _euler_scheduler(),
     lambda: DPMSolverMultistepScheduler(**FLOW_DPM, use_dynamic_shifting=True),  # the parent sets config.flow_shift
@@ -714,12 +691,12 @@ def test_scheduler_is_not_mutated(comps, make_scheduler):
     scheduler = make_scheduler()
     accepts_mu = "mu" in inspect.signature(scheduler.set_timesteps).parameters
     scheduler.set_timesteps(3, **({"mu": 0.5} if accepts_mu else {}))  # give it some state
-    config, state = dict(scheduler.config), _scheduler_state(scheduler)
+    config, state = dict(scheduler.config), snapshot(scheduler)
     pipe = _build(KFluxPipeline, comps, scheduler)
     _run(pipe, steps=5, size=64)  # 1024 tokens: mu = 0.63, exp(mu) = 1.88 != flow_shift 3
     _run(pipe, steps=4, sampler="DPM++ 2M Karras")
     assert pipe.scheduler is scheduler and dict(scheduler.config) == config
-    assert _same_state(_scheduler_state(scheduler), state)
+    assert same_snapshot(snapshot(scheduler), state)
 
 
 def test_save_pretrained_loads_in_plain_diffusers(comps, tmp_path):

@@ -24,6 +24,7 @@ from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 import k_diffusing
 from k_diffusing import KSDXLPipeline, list_samplers
 from k_diffusing.sampling import sample_heun
+from k_diffusing.testing.state import same_snapshot, snapshot
 from k_diffusing.testing.tiny import (
     AnalyticUNet,
     analytic_sdxl_pipeline,
@@ -563,40 +564,17 @@ def test_precomputed_embeddings_and_cross_attention_kwargs_match_native(comps):
     assert _rel(outs[0], from_text) <= EXACT
 
 
-def _scheduler_state(scheduler) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in vars(scheduler).items()}
-
-
-def _same_state(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for key, x in a.items():
-        y = b[key]
-        if isinstance(x, torch.Tensor):
-            if not (isinstance(y, torch.Tensor) and x.shape == y.shape and torch.equal(x, y)):
-                return False
-        elif isinstance(x, list) and any(isinstance(v, torch.Tensor) for v in x):
-            if len(x) != len(y) or not all(
-                (u is None and v is None) or (u is not None and v is not None and torch.equal(u, v))
-                for u, v in zip(x, y)
-            ):
-                return False
-        elif x != y:
-            return False
-    return True
-
-
 @pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler"])
 def test_scheduler_is_not_mutated(comps, name):
     scheduler = _scheduler(name)
     _run(_build(StableDiffusionXLPipeline, comps, scheduler), steps=3)  # give it some state (timesteps, step_index)
-    config, state = dict(scheduler.config), _scheduler_state(scheduler)
+    config, state = dict(scheduler.config), snapshot(scheduler)
     pipe = _build(KSDXLPipeline, comps, scheduler)
     _run(pipe, steps=5)
     _run(pipe, steps=4, sampler="DPM++ 2M Karras")
     assert pipe.scheduler is scheduler
     assert dict(scheduler.config) == config
-    assert _same_state(_scheduler_state(scheduler), state)
+    assert same_snapshot(snapshot(scheduler), state)
 
 
 def test_bad_sampler_options_raise(comps):

@@ -7,14 +7,23 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from k_diffusing.embedded import train_sdxl  # noqa: E402
+from k_diffusing.embedded import train_sdxl
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("embedded_sdxl") / "pipe"
-    record = train_sdxl.train(out, steps=12, vae_steps=8, images=64, batch=8, seed=0, threads=1, print_every=100,
-                              log=lambda *a: None)
+    record = train_sdxl.train(
+        out,
+        steps=12,
+        vae_steps=8,
+        images=64,
+        batch=8,
+        seed=0,
+        threads=1,
+        print_every=100,
+        log=lambda *a: None,
+    )
     return out, record
 
 
@@ -29,8 +38,14 @@ def test_smoke_training_saves_a_loadable_pipeline_that_renders(smoke_run):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.vae.config.scaling_factor == pytest.approx(record["vae_scaling_factor"])
     image = pipe(
-        "a large red circle on the left, blue background", num_inference_steps=3, guidance_scale=5.0,
-        height=32, width=32, sampler="euler", generator=torch.Generator().manual_seed(0), output_type="pt",
+        "a large red circle on the left, blue background",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        height=32,
+        width=32,
+        sampler="euler",
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
     ).images
     assert image.shape == (1, 3, 32, 32)
     assert torch.isfinite(image).all()

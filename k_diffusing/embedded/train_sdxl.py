@@ -34,7 +34,6 @@ deterministic from ``--seed`` (one thread by default). The folder is rewritten e
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import pathlib
@@ -53,7 +52,9 @@ LATENT_CHANNELS = 4
 # --- components --------------------------------------------------------------------------------------------------
 
 
-def build_components(seed: int = 0, image_size: int = 32, unet_channels=(32, 64), vae_channels=(16, 32)) -> dict:
+def build_components(
+    seed: int = 0, image_size: int = 32, unet_channels=(32, 64), vae_channels=(16, 32)
+) -> dict:
     """Fresh, deterministic components of ``StableDiffusionXLPipeline`` (fp32, CPU, train mode off)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -91,7 +92,8 @@ def build_components(seed: int = 0, image_size: int = 32, unet_channels=(32, 64)
             cross_attention_dim=2 * TEXT_HIDDEN_SIZE,
             addition_embed_type="text_time",
             addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
-            projection_class_embeddings_input_dim=PROJECTION_DIM + 6 * ADDITION_TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=PROJECTION_DIM
+            + 6 * ADDITION_TIME_EMBED_DIM,
         )
     with seeded(seed + 2):
         text_encoder = CLIPTextModel(clip_text_config(tokenizer))
@@ -114,7 +116,9 @@ def assemble(components: dict, force_zeros_for_empty_prompt: bool = True):
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline(
-        **components, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=False
+        **components,
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+        add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -168,7 +172,9 @@ def folder_size(path) -> int:
 # --- stages ------------------------------------------------------------------------------------------------------
 
 
-def train_vae(vae, images, steps, deadline, batch, lr, kl_weight, generator, log, print_every):
+def train_vae(
+    vae, images, steps, deadline, batch, lr, kl_weight, generator, log, print_every
+):
     """Stage 1: L1 + L2 reconstruction + kl_weight * KL (per element); returns the loss history."""
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -176,7 +182,9 @@ def train_vae(vae, images, steps, deadline, batch, lr, kl_weight, generator, log
     while step < steps and time.time() < deadline:
         x = images[torch.randint(0, n, (batch,), generator=generator)]
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = posterior.mean + posterior.std * torch.randn(
+            posterior.mean.shape, generator=generator
+        )
         rec = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
@@ -186,8 +194,10 @@ def train_vae(vae, images, steps, deadline, batch, lr, kl_weight, generator, log
         history.append(loss.item())
         step += 1
         if step % print_every == 0 or step == 1:
-            log(f"vae step {step} loss {sum(history[-print_every:]) / len(history[-print_every:]):.4f} "
-                f"({time.time() - t0:.0f}s)")
+            log(
+                f"vae step {step} loss {sum(history[-print_every:]) / len(history[-print_every:]):.4f} "
+                f"({time.time() - t0:.0f}s)"
+            )
     vae.eval().requires_grad_(False)
     return history
 
@@ -208,14 +218,20 @@ def conditioning(pipe, captions, image_size, drop, uncond):
     if uncond == "empty":
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     prompt_embeds, _, pooled, _ = pipe.encode_prompt(
-        captions, device=torch.device("cpu"), num_images_per_prompt=1, do_classifier_free_guidance=False
+        captions,
+        device=torch.device("cpu"),
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=False,
     )
     if uncond == "zeros":
         keep = (~drop).to(prompt_embeds.dtype)
         prompt_embeds = prompt_embeds * keep[:, None, None]
         pooled = pooled * keep[:, None]
     time_ids = pipe._get_add_time_ids(
-        (image_size, image_size), (0, 0), (image_size, image_size), dtype=prompt_embeds.dtype,
+        (image_size, image_size),
+        (0, 0),
+        (image_size, image_size),
+        dtype=prompt_embeds.dtype,
         text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
     ).repeat(len(captions), 1)
     return prompt_embeds, {"text_embeds": pooled, "time_ids": time_ids}
@@ -265,33 +281,57 @@ def train(
 
     pixels, captions = dataset(images, seed=seed, size=image_size)
     pixels = pixels.float().contiguous()
-    log(f"dataset: {len(captions)} images {tuple(pixels.shape[1:])}, e.g. {captions[0]!r} "
-        f"({time.time() - start:.0f}s)")
+    log(
+        f"dataset: {len(captions)} images {tuple(pixels.shape[1:])}, e.g. {captions[0]!r} "
+        f"({time.time() - start:.0f}s)"
+    )
 
     components = build_components(seed, image_size, unet_channels, vae_channels)
     pipe = assemble(components, force_zeros_for_empty_prompt=(uncond == "zeros"))
     vae, unet = components["vae"], components["unet"]
     encoders = [components["text_encoder"], components["text_encoder_2"]]
-    record = {"seed": seed, "images": images, "batch": batch, "uncond": uncond, "freeze_text": freeze_text,
-              "params": {k: sum(p.numel() for p in components[k].parameters())
-                         for k in ("unet", "vae", "text_encoder", "text_encoder_2")}}
+    record = {
+        "seed": seed,
+        "images": images,
+        "batch": batch,
+        "uncond": uncond,
+        "freeze_text": freeze_text,
+        "params": {
+            k: sum(p.numel() for p in components[k].parameters())
+            for k in ("unet", "vae", "text_encoder", "text_encoder_2")
+        },
+    }
     log(f"parameters: {record['params']}")
 
     # Stage 1: the VAE.
     vae_deadline = start + vae_fraction * total
     if vae_steps is None:
         vae_steps = math.inf if minutes is not None else max(1, steps // 2)
-    record["vae_loss"] = train_vae(vae, pixels, vae_steps, vae_deadline, batch, vae_lr, kl_weight, gen, log,
-                                   print_every)
+    record["vae_loss"] = train_vae(
+        vae,
+        pixels,
+        vae_steps,
+        vae_deadline,
+        batch,
+        vae_lr,
+        kl_weight,
+        gen,
+        log,
+        print_every,
+    )
     mean, std = encode_latents(vae, pixels)
-    sample_std = float(torch.sqrt((mean**2).mean() - mean.mean() ** 2 + (std**2).mean()))
+    sample_std = float(
+        torch.sqrt((mean**2).mean() - mean.mean() ** 2 + (std**2).mean())
+    )
     vae.register_to_config(scaling_factor=1.0 / sample_std)
     with torch.no_grad():
         rec = vae.decode(mean[:256]).sample
     record["vae_rec_l1"] = float((rec - pixels[:256]).abs().mean())
     record["vae_time_s"] = time.time() - start
-    log(f"vae: {len(record['vae_loss'])} steps, reconstruction L1 {record['vae_rec_l1']:.4f} (in [-1,1]), "
-        f"latent std {sample_std:.3f} -> scaling_factor {vae.config.scaling_factor:.4f}")
+    log(
+        f"vae: {len(record['vae_loss'])} steps, reconstruction L1 {record['vae_rec_l1']:.4f} (in [-1,1]), "
+        f"latent std {sample_std:.3f} -> scaling_factor {vae.config.scaling_factor:.4f}"
+    )
     sf = record["vae_scaling_factor"] = vae.config.scaling_factor
     mean, std = mean * sf, std * sf
 
@@ -313,7 +353,9 @@ def train(
         for m in trained:
             m.eval()
         ema.swap()
-        record.update(unet_loss=history, unet_steps=step, train_time_s=time.time() - start)
+        record.update(
+            unet_loss=history, unet_steps=step, train_time_s=time.time() - start
+        )
         save_pipeline(pipe, out, record)
         ema.swap()
         for m in trained:
@@ -323,11 +365,15 @@ def train(
         idx = torch.randint(0, n, (batch,), generator=gen)
         x0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        t = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen
+        )
         xt = noise_scheduler.add_noise(x0, noise, t)
         drop = torch.rand(batch, generator=gen) < uncond_prob
         with torch.set_grad_enabled(not freeze_text):
-            embeds, added = conditioning(pipe, [captions[i] for i in idx.tolist()], image_size, drop, uncond)
+            embeds, added = conditioning(
+                pipe, [captions[i] for i in idx.tolist()], image_size, drop, uncond
+            )
         pred = unet(xt, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -340,8 +386,10 @@ def train(
         if step % print_every == 0 or step == 1:
             recent = history[-print_every:]
             rate = step / (time.time() - t_unet)
-            log(f"unet step {step} loss {sum(recent) / len(recent):.4f} ({time.time() - start:.0f}s, "
-                f"{rate:.2f} it/s)")
+            log(
+                f"unet step {step} loss {sum(recent) / len(recent):.4f} ({time.time() - start:.0f}s, "
+                f"{rate:.2f} it/s)"
+            )
         if save_every and time.time() - last_save > 60.0 * save_every:
             checkpoint()
             last_save = time.time()
@@ -350,35 +398,73 @@ def train(
     checkpoint()
     record["folder_bytes"] = folder_size(out)
     (out / "training_log.json").write_text(json.dumps(record))
-    log(f"done: {step} unet steps in {time.time() - start:.0f}s; saved {out} ({record['folder_bytes'] / 1e6:.1f} MB)")
+    log(
+        f"done: {step} unet steps in {time.time() - start:.0f}s; saved {out} ({record['folder_bytes'] / 1e6:.1f} MB)"
+    )
     return record
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output folder (a diffusers SDXL pipeline)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for both stages")
-    p.add_argument("--steps", type=int, default=None, help="UNet steps (stops at whichever of minutes/steps first)")
+    p.add_argument(
+        "--out", required=True, help="output folder (a diffusers SDXL pipeline)"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=None, help="wall-clock budget for both stages"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="UNet steps (stops at whichever of minutes/steps first)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=8192, help="dataset size")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vae-steps", type=int, default=None)
-    p.add_argument("--vae-fraction", type=float, default=0.12, help="share of --minutes for the VAE stage")
+    p.add_argument(
+        "--vae-fraction",
+        type=float,
+        default=0.12,
+        help="share of --minutes for the VAE stage",
+    )
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--uncond", choices=("zeros", "empty"), default="zeros")
     p.add_argument("--uncond-prob", type=float, default=0.1)
-    p.add_argument("--freeze-text", action="store_true", help="keep the random text encoders frozen")
+    p.add_argument(
+        "--freeze-text",
+        action="store_true",
+        help="keep the random text encoders frozen",
+    )
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--save-every", type=float, default=None, help="minutes between intermediate checkpoints")
+    p.add_argument(
+        "--save-every",
+        type=float,
+        default=None,
+        help="minutes between intermediate checkpoints",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--print-every", type=int, default=50)
     a = p.parse_args(argv)
     train(
-        a.out, minutes=a.minutes, steps=a.steps, seed=a.seed, images=a.images, batch=a.batch, lr=a.lr,
-        vae_steps=a.vae_steps, vae_fraction=a.vae_fraction, kl_weight=a.kl_weight, uncond=a.uncond,
-        uncond_prob=a.uncond_prob, freeze_text=a.freeze_text, ema_decay=a.ema_decay, save_every=a.save_every,
-        threads=a.threads, print_every=a.print_every,
+        a.out,
+        minutes=a.minutes,
+        steps=a.steps,
+        seed=a.seed,
+        images=a.images,
+        batch=a.batch,
+        lr=a.lr,
+        vae_steps=a.vae_steps,
+        vae_fraction=a.vae_fraction,
+        kl_weight=a.kl_weight,
+        uncond=a.uncond,
+        uncond_prob=a.uncond_prob,
+        freeze_text=a.freeze_text,
+        ema_decay=a.ema_decay,
+        save_every=a.save_every,
+        threads=a.threads,
+        print_every=a.print_every,
     )
 
 

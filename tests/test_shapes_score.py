@@ -1,8 +1,8 @@
 """The procedural shapes dataset (k_diffusing.embedded.shapes) and its pixel-statistics adherence score.
 
 Measured with this file's seeds: every rendered image scores 1.0 clean, with Gaussian noise of std 0.1 on [-1, 1],
-after a 3x3 box blur, and with both, at 32 and 64 pixels; pure-noise images score 0.25 on average (Gaussian std 0.6, clamped; uniform: 0.26), about chance
-(1/3, 1/5, 1/5, 1/2, 1/5 for shape, colour, position, size, background: 0.29).
+after a 3x3 box blur, and with both, at 32 and 64 pixels. Pure-noise images score 0.25 on average (Gaussian std 0.6,
+clamped; uniform: 0.26), about chance (1/3, 1/5, 1/5, 1/2, 1/5 for shape, colour, position, size, background: 0.29).
 """
 
 import dataclasses
@@ -15,7 +15,14 @@ import torch
 
 from k_diffusing.embedded import score, shapes
 from k_diffusing.embedded.score import adherence, adherence_batch, measure
-from k_diffusing.embedded.shapes import ShapeSpec, all_specs, dataset, parse_caption, render, sample_specs
+from k_diffusing.embedded.shapes import (
+    ShapeSpec,
+    all_specs,
+    dataset,
+    parse_caption,
+    render,
+    sample_specs,
+)
 
 ATTRIBUTES = ("shape", "colour", "position", "size", "background")
 
@@ -38,9 +45,12 @@ def test_every_caption_round_trips():
     for spec in specs:
         assert parse_caption(spec.caption()) == spec
         assert parse_caption(spec.caption(with_size=False)) == dataclasses.replace(spec, size=None)
-    assert ShapeSpec("circle", "red", "left", "large", "blue").caption() == "a large red circle on the left, blue background"
-    assert ShapeSpec("triangle", "white", "center", None, "black").caption() == "a white triangle in the center, black background"
-    assert parse_caption("  A Small GREEN square at the TOP ,  red background ") == ShapeSpec("square", "green", "top", "small", "red")
+    assert (ShapeSpec("circle", "red", "left", "large", "blue").caption()
+            == "a large red circle on the left, blue background")
+    assert (ShapeSpec("triangle", "white", "center", None, "black").caption()
+            == "a white triangle in the center, black background")
+    assert (parse_caption("  A Small GREEN square at the TOP ,  red background ")
+            == ShapeSpec("square", "green", "top", "small", "red"))
 
 
 @pytest.mark.parametrize("text, words", [

@@ -61,32 +61,18 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 48  # the byte-level T5 tokenizer gives the shapes
 
 def build_components(seed: int = 0, image_size: int = 32, vae_channels=(16, 32)) -> dict:
     """Fresh, deterministic components of ``FluxPipeline`` (fp32, CPU, eval mode)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
     from k_diffusing.testing.tiny import seeded
     from k_diffusing.testing.tiny_flux import (
-        AXES_DIMS_ROPE,
-        CLIP_HIDDEN_SIZE,
-        T5_D_MODEL,
         flux_scheduler_config,
         tiny_flux_components,
+        tiny_flux_transformer,
     )
 
     # Text encoders and tokenizers exactly as the tiny FLUX test pipeline builds them (CLIP seed + 2, T5 seed + 3).
     text = tiny_flux_components(guidance_embeds=False, seed=seed)
-    with seeded(seed):
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=IN_CHANNELS,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=T5_D_MODEL,
-            pooled_projection_dim=CLIP_HIDDEN_SIZE,
-            guidance_embeds=False,
-            axes_dims_rope=AXES_DIMS_ROPE,
-        )
+    transformer = tiny_flux_transformer(guidance_embeds=False, seed=seed, in_channels=IN_CHANNELS)
     with seeded(seed + 1):
         vae = AutoencoderKL(
             in_channels=3,

@@ -71,7 +71,7 @@ def flux_scheduler_config(use_dynamic_shifting: bool = True, **overrides) -> dic
 # --- tiny components ---------------------------------------------------------------------------------------------
 
 
-def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0):
+def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0, in_channels: int = IN_CHANNELS):
     """A random ``FluxTransformer2DModel`` (1 double + 1 single block, 2 heads of 16), in eval mode.
 
     ``guidance_embeds=True`` is FLUX.1-dev's shape (guidance distilled: the pipeline passes ``guidance_scale`` as
@@ -80,7 +80,7 @@ def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0):
     with seeded(seed):
         transformer = FluxTransformer2DModel(
             patch_size=1,
-            in_channels=IN_CHANNELS,
+            in_channels=in_channels,
             num_layers=1,
             num_single_layers=1,
             attention_head_dim=16,

@@ -7,10 +7,11 @@ Components (diffusers/transformers classes, so ``KFluxPipeline.from_pretrained(D
 the local tokenizers of :mod:`k_diffusing.testing.tiny_flux`, an ``AutoencoderKL`` with two blocks
 (vae_scale_factor 2, ``LATENT_CHANNELS`` = 4 latent channels, no quant convs as FLUX.1's VAE; 32x32 images ->
 4x16x16 latents -> 64 packed tokens of 16 features) and a ``FluxTransformer2DModel`` (``in_channels`` 16 = 4 x
-latent channels, 1 double + 1 single block, 2 heads of 16, rotary axes (4, 4, 8), ``guidance_embeds=False``:
-schnell-style, the pipeline passes ``guidance=None``).
+latent channels; by default ``--transformer-size 2 4 4``: 2 double-stream + 4 single-stream blocks, 4 heads of 16,
+rotary axes (4, 4, 8), 0.59 M parameters; ``guidance_embeds=False``: schnell-style, the pipeline passes
+``guidance=None``).
 
-Stage 1 trains the VAE alone (:func:`k_diffusing.embedded.train_sdxl.train_vae`) and then sets FLUX-style
+Stage 1 trains the VAE alone and then sets FLUX-style
 ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of the training latents (posterior mean + noise), so the
 pipeline's ``(z - shift) * scale`` latents are ~zero-mean, unit-variance.
 
@@ -27,28 +28,24 @@ classifier-free guidance (FLUX.1 is sampled without a negative prompt).
 Text encoders: trained jointly with the transformer by default (``--freeze-text`` keeps them random), as in
 :mod:`k_diffusing.embedded.train_sdxl`.
 
-Reused from :mod:`k_diffusing.embedded.train_sdxl` by import (not copied): ``EMA``, ``save_pipeline`` (atomic
-save_pretrained + ``training_log.json``), ``folder_size``, ``train_vae`` and ``encode_latents``. The dataset is
-:func:`k_diffusing.embedded.shapes.dataset`. Budget, EMA, checkpointing and logging behave as in train_sdxl.
+Budget, AdamW, EMA, checkpoints and the training log: :mod:`k_diffusing.embedded.training`, shared with the SDXL
+trainer. The dataset is :func:`k_diffusing.embedded.shapes.dataset`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import pathlib
 import time
 
 import torch
 import torch.nn.functional as F
 
-from k_diffusing.embedded.train_sdxl import (
-    EMA,
-    encode_latents,
-    folder_size,
-    save_pipeline,
-    train_vae,
+from k_diffusing.embedded.training import (
+    budget,
+    common_arguments,
+    common_values,
+    denoiser_stage,
+    prepare,
+    vae_stage,
 )
 
 LATENT_CHANNELS = 4
@@ -59,7 +56,9 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 48  # the byte-level T5 tokenizer gives the shapes
 # --- components --------------------------------------------------------------------------------------------------
 
 
-def build_components(seed: int = 0, image_size: int = 32, vae_channels=(16, 32)) -> dict:
+def build_components(
+    seed: int = 0, image_size: int = 32, vae_channels=(16, 32), transformer_size=(2, 4, 4)
+) -> dict:
     """Fresh, deterministic components of ``FluxPipeline`` (fp32, CPU, eval mode)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
@@ -72,7 +71,15 @@ def build_components(seed: int = 0, image_size: int = 32, vae_channels=(16, 32))
 
     # Text encoders and tokenizers exactly as the tiny FLUX test pipeline builds them (CLIP seed + 2, T5 seed + 3).
     text = tiny_flux_components(guidance_embeds=False, seed=seed)
-    transformer = tiny_flux_transformer(guidance_embeds=False, seed=seed, in_channels=IN_CHANNELS)
+    layers, single_layers, heads = transformer_size
+    transformer = tiny_flux_transformer(
+        guidance_embeds=False,
+        seed=seed,
+        in_channels=IN_CHANNELS,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        num_attention_heads=heads,
+    )
     with seeded(seed + 1):
         vae = AutoencoderKL(
             in_channels=3,
@@ -172,30 +179,19 @@ def train(
     ema_decay: float = 0.999,
     save_every: float | None = None,
     vae_channels=(16, 32),
+    transformer_size=(2, 4, 4),
     threads: int | None = 1,
     print_every: int = 50,
     log=print,
 ) -> dict:
     """Both stages, then save into ``out``; returns the training log (loss curves, times, sizes)."""
-    from k_diffusing.embedded.shapes import dataset
-
-    if minutes is None and steps is None:
-        raise ValueError("give --minutes or --steps")
     if timesteps not in ("logit-normal", "uniform"):
         raise ValueError(f"timesteps must be 'logit-normal' or 'uniform', got {timesteps!r}")
-    if threads:
-        torch.set_num_threads(threads)
-    out = pathlib.Path(out)
     start = time.time()
-    total = math.inf if minutes is None else 60.0 * minutes
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    vae_steps, vae_deadline, deadline = budget(minutes, steps, vae_steps, vae_fraction, start)
+    pixels, captions, gen = prepare(seed, images, image_size, threads, log)
 
-    pixels, captions = dataset(images, seed=seed, size=image_size)
-    pixels = pixels.float().contiguous()
-    log(f"dataset: {len(captions)} images {tuple(pixels.shape[1:])}, e.g. {captions[0]!r}")
-
-    components = build_components(seed, image_size, vae_channels)
+    components = build_components(seed, image_size, vae_channels, transformer_size)
     pipe = assemble(components)
     vae, transformer = components["vae"], components["transformer"]
     encoders = [components["text_encoder"], components["text_encoder_2"]]
@@ -206,6 +202,7 @@ def train(
         "timesteps": timesteps,
         "max_sequence_length": max_sequence_length,
         "freeze_text": freeze_text,
+        "transformer_size": list(transformer_size),
         "params": {
             k: sum(p.numel() for p in components[k].parameters())
             for k in ("transformer", "vae", "text_encoder", "text_encoder_2")
@@ -213,120 +210,46 @@ def train(
     }
     log(f"parameters: {record['params']}")
 
-    # Stage 1: the VAE.
-    if vae_steps is None:
-        vae_steps = math.inf if minutes is not None else max(1, steps // 2)
-    record["vae_loss"] = train_vae(
-        vae, pixels, vae_steps, start + vae_fraction * total, batch, vae_lr, kl_weight, gen, log, print_every
+    mean, std = vae_stage(
+        vae, pixels, steps=vae_steps, deadline=vae_deadline, batch=batch, lr=vae_lr, kl_weight=kl_weight, gen=gen,
+        record=record, log=log, print_every=print_every, shift=True, start=start,
     )
-    mean, std = encode_latents(vae, pixels)
-    shift = float(mean.mean())
-    sample_std = float(torch.sqrt((mean**2).mean() - mean.mean() ** 2 + (std**2).mean()))
-    vae.register_to_config(scaling_factor=1.0 / sample_std, shift_factor=shift)
-    with torch.no_grad():
-        rec = vae.decode(mean[:256]).sample
-    record["vae_rec_l1"] = float((rec - pixels[:256]).abs().mean())
-    record["vae_time_s"] = time.time() - start
-    record["vae_scaling_factor"] = vae.config.scaling_factor
-    record["vae_shift_factor"] = vae.config.shift_factor
-    log(
-        f"vae: {len(record['vae_loss'])} steps, reconstruction L1 {record['vae_rec_l1']:.4f}, "
-        f"shift_factor {shift:.4f}, scaling_factor {vae.config.scaling_factor:.4f}"
-    )
-    sf = vae.config.scaling_factor
-    mean, std = (mean - shift) * sf, std * sf
 
-    # Stage 2: the transformer (and the text encoders unless frozen).
-    trained = [transformer] + ([] if freeze_text else encoders)
     for m in [transformer, *encoders]:
         m.requires_grad_(False)
-    for m in trained:
-        m.train().requires_grad_(True)
-    params = [p for m in trained for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    ema = EMA(trained, ema_decay)
-    max_steps = math.inf if steps is None else steps
-    n, history, step, t_train, last_save = len(captions), [], 0, time.time(), time.time()
 
-    def checkpoint():
-        for m in trained:
-            m.eval()
-        ema.swap()
-        record.update(transformer_loss=history, transformer_steps=step, train_time_s=time.time() - start)
-        save_pipeline(pipe, out, record)
-        ema.swap()
-        for m in trained:
-            m.train()
-
-    while step < max_steps and time.time() - start < total:
-        idx = torch.randint(0, n, (batch,), generator=gen)
+    def batch_loss(idx):
         x0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         t = sample_t(batch, timesteps, gen)
-        loss = flow_loss(pipe, x0, [captions[i] for i in idx.tolist()], t, noise, max_sequence_length)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        history.append(loss.item())
-        step += 1
-        if step % print_every == 0 or step == 1:
-            recent = history[-print_every:]
-            log(
-                f"transformer step {step} loss {sum(recent) / len(recent):.4f} ({time.time() - start:.0f}s, "
-                f"{step / (time.time() - t_train):.2f} it/s)"
-            )
-        if save_every and time.time() - last_save > 60.0 * save_every:
-            checkpoint()
-            last_save = time.time()
-            log(f"checkpoint at step {step} -> {out}")
+        return flow_loss(pipe, x0, [captions[i] for i in idx.tolist()], t, noise, max_sequence_length)
 
-    checkpoint()
-    record["folder_bytes"] = folder_size(out)
-    (out / "training_log.json").write_text(json.dumps(record))
-    log(f"done: {step} transformer steps in {time.time() - start:.0f}s; saved {out} ({record['folder_bytes'] / 1e6:.1f} MB)")
-    return record
+    return denoiser_stage(
+        pipe, [transformer] + ([] if freeze_text else encoders), batch_loss, n=len(captions), batch=batch,
+        steps=steps, deadline=deadline, lr=lr, ema_decay=ema_decay, gen=gen, out=out, record=record,
+        save_every=save_every, log=log, print_every=print_every, label="transformer", start=start,
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output folder (a diffusers FLUX pipeline)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for both stages")
-    p.add_argument("--steps", type=int, default=None, help="transformer steps (whichever of minutes/steps first)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=8192, help="dataset size")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--vae-steps", type=int, default=None)
-    p.add_argument("--vae-fraction", type=float, default=0.12, help="share of --minutes for the VAE stage")
-    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p = common_arguments(__doc__.split("\n\n")[0], "FLUX", "transformer")
     p.add_argument("--timesteps", choices=("logit-normal", "uniform"), default="logit-normal")
     p.add_argument("--max-sequence-length", type=int, default=DEFAULT_MAX_SEQUENCE_LENGTH)
-    p.add_argument("--freeze-text", action="store_true", help="keep the random text encoders frozen")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--save-every", type=float, default=None, help="minutes between intermediate checkpoints")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--print-every", type=int, default=50)
+    p.add_argument(
+        "--transformer-size",
+        type=int,
+        nargs=3,
+        default=(2, 4, 4),
+        metavar=("DOUBLE", "SINGLE", "HEADS"),
+        help="double-stream blocks, single-stream blocks, attention heads of 16",
+    )
     a = p.parse_args(argv)
     train(
         a.out,
-        minutes=a.minutes,
-        steps=a.steps,
-        seed=a.seed,
-        images=a.images,
-        batch=a.batch,
-        lr=a.lr,
-        vae_steps=a.vae_steps,
-        vae_fraction=a.vae_fraction,
-        kl_weight=a.kl_weight,
         timesteps=a.timesteps,
         max_sequence_length=a.max_sequence_length,
-        freeze_text=a.freeze_text,
-        ema_decay=a.ema_decay,
-        save_every=a.save_every,
-        threads=a.threads,
-        print_every=a.print_every,
+        transformer_size=tuple(a.transformer_size),
+        **common_values(a),
     )
 
 

@@ -71,8 +71,15 @@ def flux_scheduler_config(use_dynamic_shifting: bool = True, **overrides) -> dic
 # --- tiny components ---------------------------------------------------------------------------------------------
 
 
-def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0, in_channels: int = IN_CHANNELS):
-    """A random ``FluxTransformer2DModel`` (1 double + 1 single block, 2 heads of 16), in eval mode.
+def tiny_flux_transformer(
+    guidance_embeds: bool = True,
+    seed: int = 0,
+    in_channels: int = IN_CHANNELS,
+    num_layers: int = 1,
+    num_single_layers: int = 1,
+    num_attention_heads: int = 2,
+):
+    """A random ``FluxTransformer2DModel`` (by default 1 double + 1 single block, 2 heads of 16), in eval mode.
 
     ``guidance_embeds=True`` is FLUX.1-dev's shape (guidance distilled: the pipeline passes ``guidance_scale`` as
     an input), ``False`` is FLUX.1-schnell's (the pipeline passes ``guidance=None``).
@@ -81,10 +88,10 @@ def tiny_flux_transformer(guidance_embeds: bool = True, seed: int = 0, in_channe
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=in_channels,
-            num_layers=1,
-            num_single_layers=1,
+            num_layers=num_layers,
+            num_single_layers=num_single_layers,
             attention_head_dim=16,
-            num_attention_heads=2,
+            num_attention_heads=num_attention_heads,
             joint_attention_dim=T5_D_MODEL,
             pooled_projection_dim=CLIP_HIDDEN_SIZE,
             guidance_embeds=guidance_embeds,

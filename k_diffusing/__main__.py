@@ -1,6 +1,10 @@
 """``python -m k_diffusing``: the package's command line.
 
-``catalogue`` (the default): list every sampler with its order, model calls per step and the accuracy it measures
+``gallery`` (the default): render every sampler with the embedded SDXL and FLUX models (:mod:`k_diffusing.gallery`,
+the same as ``test_sdxl.py`` and ``test_flux.py``) into ``outputs/gallery/``; ``--write README.md`` refreshes the
+README's gallery table.
+
+``catalogue``: list every sampler with its order, model calls per step and the accuracy it measures
 on the analytic Gaussian-mixture denoiser in VE and flow geometry; ``--write README.md`` refreshes the README table.
 """
 
@@ -16,8 +20,24 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command")
     cat = commands.add_parser("catalogue", help="measure and print the sampler catalogue")
     cat.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
+    gallery = commands.add_parser("gallery", help="render every sampler with the embedded SDXL and FLUX models")
+    gallery.add_argument("--out", type=Path, default=Path("outputs") / "gallery", help="output folder")
+    gallery.add_argument("--steps", type=int, default=20, help="sampler steps")
+    gallery.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
     args = parser.parse_args(argv)
-    if args.command in (None, "catalogue"):
+    if args.command in (None, "gallery"):
+        from .catalogue import write_into
+        from .gallery import gallery_table
+        from .gallery import main as render
+
+        out, steps = getattr(args, "out", Path("outputs") / "gallery"), getattr(args, "steps", 20)
+        folders = {kind: out / kind for kind in ("sdxl", "flux")}
+        for kind, folder in folders.items():
+            render(kind, ["--out", str(folder), "--steps", str(steps)])
+        if getattr(args, "write", None):
+            write_into(args.write, gallery_table(folders, args.write.parent), section="gallery")
+            print(f"wrote the gallery table into {args.write}", file=sys.stderr)
+    elif args.command == "catalogue":
         from .catalogue import catalogue_table, write_into
 
         table = catalogue_table(progress=lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -14,7 +14,6 @@ from .geometry import FLOW, VE
 from .registry import list_samplers
 from .testing.measure import format_moments, format_order, measure_moments, measure_order
 
-START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 
 HEADER = (
     "| name | A1111 name | order | measured order VE / flow | calls / step | stochastic "
@@ -47,10 +46,12 @@ def catalogue_table(progress=print) -> str:
     return "\n".join([HEADER, *catalogue_rows(progress)])
 
 
-def write_into(path: Path, table: str) -> None:
-    """Replace the text between the catalogue markers of ``path`` with ``table``."""
+def write_into(path: Path, table: str, section: str = "catalogue") -> None:
+    """Replace the text between the ``<!-- {section}:start -->`` and ``<!-- {section}:end -->`` markers of
+    ``path`` with ``table``."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} markers to write the catalogue between")
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{table}\n{END}", text, flags=re.S)
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers to write the {section} between")
+    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{table}\n{end}", text, flags=re.S)
     path.write_text(new)

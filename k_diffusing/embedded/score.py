@@ -123,3 +123,15 @@ def adherence_batch(images, prompts, value_range=(-1.0, 1.0)):
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     return [adherence(image, prompt, value_range) for image, prompt in zip(images, prompts)]
+
+
+def attribute_accuracy(images, prompts, value_range=(-1.0, 1.0)):
+    """Per attribute (shape, colour, position, size, background), the fraction of images whose reading matches
+    their prompt (prompts without a size word do not count for size)."""
+    specs = [parse_caption(p) if isinstance(p, str) else p for p in prompts]
+    readings = [measure(image, value_range) for image in images]
+    accuracy = {}
+    for name in ("shape", "colour", "position", "size", "background"):
+        pairs = [(r, s) for r, s in zip(readings, specs) if getattr(s, name) is not None]
+        accuracy[name] = sum(getattr(r, name) == getattr(s, name) for r, s in pairs) / max(1, len(pairs))
+    return accuracy

@@ -193,6 +193,8 @@ def train(
 
     components = build_components(seed, image_size, vae_channels, transformer_size)
     pipe = assemble(components)
+    # Saved with the pipeline, so samplers know how many T5 tokens the transformer was trained on.
+    components["tokenizer_2"].model_max_length = max_sequence_length
     vae, transformer = components["vae"], components["transformer"]
     encoders = [components["text_encoder"], components["text_encoder_2"]]
     record = {

@@ -1,0 +1,248 @@
+"""Sampler gallery: one image strip per catalogue sampler and a labelled grid, for an SDXL or a FLUX pipeline.
+
+``test_sdxl.py`` and ``test_flux.py`` at the repository root are this module's command line for each model family;
+``python -m k_diffusing gallery`` runs both on the embedded models and can write the README's gallery table.
+
+Every sampler gets the same prompts, seeds (one CPU generator per image, ``seed + i``) and number of steps, on the
+pipeline's own sigmas unless ``--sigma-schedule`` names one. Outputs in ``--out``: ``<sampler>.png`` (the prompts'
+images side by side), ``grid.png`` (one labelled row per sampler) and ``gallery.json`` (the settings, and per
+sampler the model calls and, when every prompt is a caption of :mod:`k_diffusing.embedded.shapes`, the adherence
+score of each image from :mod:`k_diffusing.embedded.score`). Files are written under a temporary name and renamed,
+so an interrupted run leaves only complete files.
+
+The default model is the embedded one of the family (:data:`EMBEDDED`, trained by
+:mod:`k_diffusing.embedded.train_sdxl` / :mod:`k_diffusing.embedded.train_flux`); ``--model`` takes any diffusers
+folder or hub id of the family, for example real SDXL or FLUX weights on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PACKAGE = Path(__file__).resolve().parent
+EMBEDDED = {
+    "sdxl": PACKAGE / "embedded" / "models" / "sdxl",
+    "flux": PACKAGE / "embedded" / "models" / "flux",
+}
+DEFAULT_PROMPTS = (
+    "a large red circle on the left, blue background",
+    "a small yellow square at the top, black background",
+    "a large white triangle in the center, green background",
+    "a small blue circle on the right, white background",
+)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CELL = 96  # pixels per image in grid.png (small images are scaled up, nearest neighbour)
+
+
+# --- arguments ---------------------------------------------------------------------------------------------------
+
+
+def parser(kind: str) -> argparse.ArgumentParser:
+    family = {"sdxl": "SDXL", "flux": "FLUX"}[kind]
+    p = argparse.ArgumentParser(
+        description=f"Render one image strip per k-sampler with a {family} pipeline, plus a labelled grid.",
+    )
+    p.add_argument("--model", default=str(EMBEDDED[kind]), help=f"diffusers {family} folder or hub id (default: the embedded model)")
+    p.add_argument("--out", type=Path, default=Path("outputs") / "gallery" / kind, help="output folder")
+    p.add_argument("--prompt", nargs="+", default=list(DEFAULT_PROMPTS), help="one or more prompts (one image each)")
+    p.add_argument("--samplers", nargs="+", default=None, help="catalogue names or A1111 names (default: all)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (num_inference_steps)")
+    p.add_argument("--sigma-schedule", default=None, help="catalogue schedule (default: the pipeline scheduler's own)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses torch.Generator().manual_seed(seed + i)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    p.add_argument("--height", type=int, default=None, help="default: the VAE's sample_size")
+    p.add_argument("--width", type=int, default=None, help="default: the VAE's sample_size")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: float32 on cpu, bfloat16 otherwise")
+    return p
+
+
+def validate(args) -> list:
+    """Check the cheap arguments before any model is loaded; returns the ``(name, spec, schedule)`` to run."""
+    from .names import unknown_name
+    from .registry import list_samplers, resolve_sampler
+    from .schedules import SCHEDULES
+
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    if args.sigma_schedule is not None and args.sigma_schedule not in SCHEDULES:
+        raise SystemExit(str(unknown_name("sigma schedule", args.sigma_schedule, SCHEDULES)))
+    for side in ("height", "width"):
+        value = getattr(args, side)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{side} must be positive, got {value}")
+    if args.samplers is None:
+        return [(spec.name, spec, args.sigma_schedule) for spec in list_samplers()]
+    chosen = []
+    for name in args.samplers:
+        try:
+            spec, schedule = resolve_sampler(name)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        if schedule is not None and args.sigma_schedule is not None and schedule != args.sigma_schedule:
+            raise SystemExit(f"{name!r} implies sigma schedule {schedule!r} but --sigma-schedule is {args.sigma_schedule!r}")
+        chosen.append((spec.name, spec, schedule or args.sigma_schedule))
+    return chosen
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+
+def load_pipeline(kind: str, model: str, device: str, dtype: torch.dtype):
+    from .pipelines import KFluxPipeline, KSDXLPipeline
+
+    cls = {"sdxl": KSDXLPipeline, "flux": KFluxPipeline}[kind]
+    return cls.from_pretrained(model, dtype=dtype).to(device)
+
+
+def pipeline_options(kind: str, pipe, steps: int, height=None, width=None, guidance_scale=None) -> dict:
+    """The call options every sampler shares: steps, size (default: the VAE's ``sample_size``), guidance (default:
+    the pipeline's), and FLUX's T5 length (the tokenizer's own limit, at most the pipeline's 512)."""
+    side = pipe.vae.config.sample_size
+    side = side[0] if isinstance(side, (list, tuple)) else side
+    options = {"height": height or side, "width": width or side, "num_inference_steps": steps}
+    if guidance_scale is not None:
+        options["guidance_scale"] = guidance_scale
+    if kind == "flux":
+        options["max_sequence_length"] = min(512, pipe.tokenizer_2.model_max_length)
+    return options
+
+
+def render(pipe, prompts, sampler: str, schedule: str | None, seed: int, options: dict) -> tuple[torch.Tensor, int]:
+    """``(images (B, 3, H, W) in [0, 1] on the CPU, model calls)`` for one sampler; a model call is one forward
+    of the UNet or transformer (both halves of classifier-free guidance go in one batch)."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    calls = []
+    network = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    hook = network.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        images = pipe(
+            list(prompts), sampler=sampler, sigma_schedule=schedule, generator=generators, output_type="pt", **options
+        ).images
+    finally:
+        hook.remove()
+    return images.float().cpu(), len(calls)
+
+
+def strip(images: torch.Tensor):
+    """The images side by side as one PIL image."""
+    from PIL import Image
+
+    row = torch.cat(list(images), dim=2)  # (3, H, B * W)
+    array = (row.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+def labelled_grid(rows: list[tuple[str, object]], cell: int = CELL, label_width: int = 230):
+    """One row per ``(label, strip)``; strips are scaled to ``cell`` pixels high (nearest neighbour)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    scaled = [image.resize((image.width * cell // image.height, cell), Image.NEAREST) for _, image in rows]
+    width = label_width + max(image.width for image in scaled)
+    grid = Image.new("RGB", (width, cell * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, ((label, _), image) in enumerate(zip(rows, scaled)):
+        grid.paste(image, (label_width, i * cell))
+        draw.multiline_text((6, i * cell + 6), label, fill="black", font=font, spacing=3)
+    return grid
+
+
+def save_atomic(image, path: Path) -> None:
+    """Write ``image`` (PIL) or ``image`` (str, JSON text) to ``path`` through a temporary name and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if isinstance(image, str):
+            tmp.write_text(image)
+        else:
+            image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def adherence_scores(images: torch.Tensor, prompts) -> list[float] | None:
+    """Per-image adherence when every prompt is a shapes caption, else None."""
+    from .embedded.score import adherence_batch
+    from .embedded.shapes import parse_caption
+
+    try:
+        for prompt in prompts:
+            parse_caption(prompt)
+    except ValueError:
+        return None
+    return adherence_batch(images, prompts, value_range=(0, 1))
+
+
+def main(kind: str, argv=None) -> int:
+    from tqdm.auto import tqdm
+
+    args = parser(kind).parse_args(argv)
+    chosen = validate(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype or ("float32" if device == "cpu" else "bfloat16")]
+    pipe = load_pipeline(kind, args.model, device, dtype)
+    pipe.set_progress_bar_config(leave=False, position=1, desc="model calls")
+    options = pipeline_options(kind, pipe, args.steps, args.height, args.width, args.guidance_scale)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    record = {
+        "model": args.model, "kind": kind, "prompts": list(args.prompt), "seed": args.seed, "device": device,
+        "dtype": str(dtype).removeprefix("torch."), **{k: v for k, v in options.items()}, "samplers": {},
+    }
+    rows = []
+    for name, spec, schedule in tqdm(chosen, desc=f"{kind} samplers", position=0):
+        started = time.perf_counter()
+        images, calls = render(pipe, args.prompt, name, schedule, args.seed, options)
+        seconds = time.perf_counter() - started
+        scores = adherence_scores(images, args.prompt)
+        save_atomic(strip(images), args.out / f"{spec.name}.png")
+        label = f"{spec.name}" + (f" + {schedule}" if schedule else "")
+        label += f"\n{calls} calls"
+        if scores is not None:
+            label += f", adherence {sum(scores) / len(scores):.2f}"
+        rows.append((label, strip(images)))
+        record["samplers"][spec.name] = {
+            "schedule": schedule, "model_calls": calls, "seconds": round(seconds, 3), "adherence": scores,
+        }
+    save_atomic(labelled_grid(rows), args.out / "grid.png")
+    save_atomic(json.dumps(record, indent=1), args.out / "gallery.json")
+    print(f"wrote {len(rows)} sampler strips, grid.png and gallery.json to {args.out}", file=sys.stderr)
+    return 0
+
+
+def gallery_table(folders: dict[str, Path], base: Path) -> str:
+    """The README's gallery: one row per sampler, one column of strips per family (``folders``: family -> output
+    folder of :func:`main`), with the model calls and mean adherence; image paths relative to ``base``."""
+    records = {kind: json.loads((folder / "gallery.json").read_text()) for kind, folder in folders.items()}
+    first = next(iter(records.values()))
+    names = list(dict.fromkeys(name for record in records.values() for name in record["samplers"]))
+    header = " | ".join(f"{kind.upper()} ({records[kind]['num_inference_steps']} steps)" for kind in records)
+    lines = [
+        f"Prompts, left to right: {'; '.join(repr(p) for p in first['prompts'])}. Seeds {first['seed']}.."
+        f"{first['seed'] + len(first['prompts']) - 1}; the pipeline's own sigmas. Each cell: model calls, mean "
+        "adherence (fraction of the prompted attributes the image shows).",
+        "",
+        f"| sampler | {header} |",
+        "|---|" + "---|" * len(records),
+    ]
+    for name in names:
+        cells = []
+        for kind, record in records.items():
+            entry = record["samplers"].get(name)
+            if entry is None:
+                cells.append("")
+                continue
+            image = os.path.relpath(folders[kind] / f"{name}.png", base)
+            scores = entry["adherence"]
+            score = f", adherence {sum(scores) / len(scores):.2f}" if scores else ""
+            cells.append(f'<img src="{image}" height="64"><br>{entry["model_calls"]} calls{score}')
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The gallery scripts (k_diffusing.gallery behind test_sdxl.py / test_flux.py), the README table, the SVG plot and
+the adherence sweep, on small random-weight pipelines saved to disk (the embedded models are tested in
+tests/test_embedded_models.py)."""
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from k_diffusing import gallery
+from k_diffusing.embedded import evaluate, train_flux, train_sdxl
+from k_diffusing.svgplot import line_plot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Random-weight SDXL and FLUX pipelines in diffusers' layout (as the trainers build them)."""
+    root = tmp_path_factory.mktemp("gallery_models")
+    train_sdxl.assemble(train_sdxl.build_components(seed=0)).save_pretrained(root / "sdxl")
+    components = train_flux.build_components(seed=0, transformer_size=(1, 1, 2))
+    components["tokenizer_2"].model_max_length = 48
+    train_flux.assemble(components).save_pretrained(root / "flux")
+    return root
+
+
+def run(kind, model, out, *extra):
+    return gallery.main(kind, ["--model", str(model), "--out", str(out), "--steps", "2", *extra])
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "flux"])
+def test_gallery_writes_strips_grid_and_record(saved, tmp_path, kind):
+    out = tmp_path / kind
+    prompts = ["a large red circle on the left, blue background", "a small blue square at the top, red background"]
+    assert run(kind, saved / kind, out, "--samplers", "euler", "DPM++ 2M Karras", "heun", "--prompt", *prompts) == 0
+    record = json.loads((out / "gallery.json").read_text())
+    assert list(record["samplers"]) == ["euler", "dpmpp_2m", "heun"]
+    assert record["samplers"]["dpmpp_2m"]["schedule"] == "karras"
+    # 2 steps: one call each for euler and dpmpp_2m; heun takes 2 calls on the first step and 1 on the step into 0.
+    assert [e["model_calls"] for e in record["samplers"].values()] == [2, 2, 3]
+    assert all(len(e["adherence"]) == 2 for e in record["samplers"].values())
+    assert (record["height"], record["width"]) == (32, 32)
+    if kind == "flux":
+        assert record["max_sequence_length"] == 48
+    from PIL import Image
+
+    for name in record["samplers"]:
+        assert Image.open(out / f"{name}.png").size == (64, 32)  # two 32x32 images side by side
+    assert Image.open(out / "grid.png").size[1] == 3 * gallery.CELL
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_gallery_is_reproducible_and_matches_a_direct_pipeline_call(saved, tmp_path):
+    from k_diffusing import KSDXLPipeline
+
+    prompt = "a large red circle on the left, blue background"
+    for out in (tmp_path / "a", tmp_path / "b"):
+        run("sdxl", saved / "sdxl", out, "--samplers", "dpmpp_2m_sde", "--prompt", prompt, "--seed", "5")
+    assert (tmp_path / "a" / "dpmpp_2m_sde.png").read_bytes() == (tmp_path / "b" / "dpmpp_2m_sde.png").read_bytes()
+    pipe = KSDXLPipeline.from_pretrained(saved / "sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(prompt, sampler="dpmpp_2m_sde", num_inference_steps=2, height=32, width=32, output_type="pt",
+                  generator=[torch.Generator().manual_seed(5)]).images
+    expected = gallery.strip(direct)
+    import numpy as np
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "dpmpp_2m_sde.png")), np.asarray(expected))
+
+
+def test_gallery_non_shapes_prompt_has_no_score(saved, tmp_path):
+    run("sdxl", saved / "sdxl", tmp_path, "--samplers", "euler", "--prompt", "an astronaut riding a horse")
+    assert json.loads((tmp_path / "gallery.json").read_text())["samplers"]["euler"]["adherence"] is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--samplers", "eulr"], "Did you mean 'euler'"),
+        (["--sigma-schedule", "karas"], "Did you mean 'karras'"),
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--height", "-8"], "--height must be positive, got -8"),
+        (["--samplers", "DPM++ 2M Karras", "--sigma-schedule", "exponential"], "implies sigma schedule 'karras'"),
+    ],
+)
+def test_gallery_refuses_bad_arguments_before_loading(tmp_path, argv, message):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as error:
+        gallery.main("sdxl", ["--model", str(tmp_path / "missing"), "--out", str(out), *argv])
+    assert message in str(error.value)
+    assert not out.exists()
+
+
+def test_gallery_table_links_both_families(saved, tmp_path):
+    folders = {"sdxl": tmp_path / "gallery" / "sdxl", "flux": tmp_path / "gallery" / "flux"}
+    for kind, folder in folders.items():
+        run(kind, saved / kind, folder, "--samplers", "euler", "lms")
+    text = gallery.gallery_table(folders, tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert [row.split("|")[1].strip() for row in rows] == ["`euler`", "`lms`"]
+    assert '<img src="gallery/sdxl/euler.png"' in rows[0] and '<img src="gallery/flux/euler.png"' in rows[0]
+    assert "SDXL (2 steps) | FLUX (2 steps)" in text
+
+
+@pytest.mark.parametrize("script, kind", [("test_sdxl.py", "sdxl"), ("test_flux.py", "flux")])
+def test_root_scripts_run_the_gallery(saved, tmp_path, script, kind):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), "--model", str(saved / kind), "--out", str(tmp_path), "--steps", "1",
+         "--samplers", "euler", "--prompt", "a large red circle on the left, blue background"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "euler.png").exists() and (tmp_path / "grid.png").exists()
+    assert "sdxl samplers" in done.stderr or "flux samplers" in done.stderr  # the progress bar over samplers
+
+
+def test_svg_plot_is_valid_and_draws_every_series():
+    svg = line_plot(
+        [("A", {"euler": [(2, 0.2), (4, 0.5)], "heun": [(2, 0.3), (4, 0.6)]}), ("B", {"euler": [(2, 0.1), (4, 0.9)]})],
+        "steps", "score", (0.0, 1.0),
+    )
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 3
+    assert len(root.findall(f"{ns}circle")) == 6
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert "euler" in texts and "heun" in texts and "A" in texts and "B" in texts
+
+
+def test_adherence_sweep_writes_json_plot_and_table(saved, tmp_path):
+    out = tmp_path / "adh"
+    assert evaluate.main(["--kinds", "sdxl", "--model-sdxl", str(saved / "sdxl"), "--prompts", "3", "--steps", "1",
+                          "2", "--samplers", "euler", "heun", "--out", str(out)]) == 0
+    record = json.loads((out / "adherence.json").read_text())
+    assert record["prompts"] == evaluate.evaluation_prompts(3)
+    assert set(record["results"]["sdxl"]) == {"euler", "heun"}
+    assert record["results"]["sdxl"]["heun"]["2"]["model_calls"] == 3
+    assert set(record["results"]["sdxl"]["euler"]["2"]["attributes"]) == {"shape", "colour", "position", "size",
+                                                                          "background"}
+    assert (out / "adherence.md").read_text().count("| SDXL |") == 2
+    ET.fromstring((out / "adherence.svg").read_text())

@@ -32,6 +32,8 @@ def line_plot(
     colour = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(names)}
     xs = [x for _, series in panels for points in series.values() for x, _ in points]
     x_lo, x_hi = min(xs), max(xs)
+    if x_hi == x_lo:  # one x value: centre it
+        x_lo, x_hi = (x_lo / 2, x_hi * 2) if log_x else (x_lo - 1, x_hi + 1)
     y_lo, y_hi = y_range
     w, h = panel_size
     left, top, bottom, gap = 50, 30, 40, 20

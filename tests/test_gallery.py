@@ -146,3 +146,9 @@ def test_adherence_sweep_writes_json_plot_and_table(saved, tmp_path):
                                                                           "background"}
     assert (out / "adherence.md").read_text().count("| SDXL |") == 2
     ET.fromstring((out / "adherence.svg").read_text())
+
+
+def test_svg_plot_with_a_single_x_value():
+    for log_x in (True, False):
+        root = ET.fromstring(line_plot([("A", {"euler": [(20, 0.5)]})], "steps", "score", (0.0, 1.0), log_x=log_x))
+        assert len(root.findall("{http://www.w3.org/2000/svg}circle")) == 1

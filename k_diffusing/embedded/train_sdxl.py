@@ -1,6 +1,7 @@
 """Train a tiny SDXL-architecture pipeline on procedural captioned shapes, on CPU, and save it for KSDXLPipeline.
 
-Usage: ``python -m k_diffusing.embedded.train_sdxl --out DIR [--minutes M] [--steps N] [--seed S]``.
+Usage: ``python -m k_diffusing.embedded.train_sdxl --out DIR [--steps N] [--minutes M] [--seed S]``; the defaults
+(4500 UNet steps, 500 VAE steps, seed 0, one thread) are the recipe of the committed embedded model.
 
 Components (all diffusers/transformers classes, so ``KSDXLPipeline.from_pretrained(DIR)`` loads them offline):
 two CLIP text encoders (hidden 32, 5 layers, byte-level tokenizers from :mod:`k_diffusing.testing.tokenizers`;
@@ -232,7 +233,7 @@ def train(
 
 
 def main(argv=None):
-    p = common_arguments(__doc__.split("\n\n")[0], "SDXL", "UNet")
+    p = common_arguments(__doc__.split("\n\n")[0], "SDXL", "UNet", steps=4500)
     p.add_argument("--uncond", choices=("zeros", "empty"), default="zeros")
     p.add_argument("--uncond-prob", type=float, default=0.1)
     a = p.parse_args(argv)

@@ -214,17 +214,20 @@ def budget(minutes, steps, vae_steps, vae_fraction, start):
     return vae_steps, start + vae_fraction * total, start + total
 
 
-def common_arguments(description: str, model: str, denoiser: str) -> argparse.ArgumentParser:
-    """The command-line options both trainers take; each adds its own objective's options."""
+def common_arguments(description: str, model: str, denoiser: str, steps: int) -> argparse.ArgumentParser:
+    """The command-line options both trainers take; each adds its own objective's options. The defaults
+    (``steps`` denoiser steps, 500 VAE steps, seed 0) are the recipe of the committed embedded model."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", required=True, help=f"output folder (a diffusers {model} pipeline)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for both stages")
-    p.add_argument("--steps", type=int, default=None, help=f"{denoiser} steps (stops at whichever of minutes/steps first)")
+    p.add_argument(
+        "--steps", type=int, default=steps, help=f"{denoiser} steps (stops at whichever of minutes/steps first)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=8192, help="dataset size")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--vae-fraction", type=float, default=0.12, help="share of --minutes for the VAE stage")
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--freeze-text", action="store_true", help="keep the random text encoders frozen")

@@ -12,7 +12,7 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     if log:
         return [2.0**k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
     step = 10 ** math.floor(math.log10((hi - lo) or 1.0))
-    step = step / 2 if (hi - lo) / step < 4 else step
+    step = step / 5 if (hi - lo) / step < 2 else step / 2 if (hi - lo) / step < 5 else step
     return [round(lo + k * step, 10) for k in range(int((hi - lo) / step + 1e-9) + 1)]
 
 

@@ -51,6 +51,20 @@ def test_clip_tokenizer_offline(tmp_path):
     assert clip_tokenizer()("a cat").input_ids == tok("a cat").input_ids
 
 
+def test_clip_tokenizer_word_merges_keep_each_word_whole():
+    from k_diffusing.embedded.shapes import caption_words
+
+    words = caption_words()
+    tok = clip_tokenizer(words=words)
+    for word in words:
+        assert tok.convert_ids_to_tokens(tok(word, add_special_tokens=False).input_ids) == [word + "</w>"]
+    ids = tok("a large red circle on the left, blue background").input_ids
+    assert len(ids) == 2 + 10  # BOS, 9 words and the comma, EOS
+    assert (tok.bos_token_id, tok.eos_token_id) == (512, 513)  # merged symbols come after the specials
+    # Words outside the list still spell out byte by byte, and are decoded back.
+    assert tok.decode(tok("a purple rhombus").input_ids, skip_special_tokens=True) == "a purple rhombus"
+
+
 def test_t5_tokenizer_offline():
     tok = t5_tokenizer()
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2) and tok.model_max_length == 512

@@ -24,6 +24,7 @@ Images are float32 in ``[-1, 1]``, shape ``(3, S, S)``.
 import dataclasses
 import math
 import random
+import re
 
 import torch
 
@@ -117,6 +118,11 @@ def all_specs():
     return [ShapeSpec(shape, colour, position, size, background)
             for shape in SHAPES for colour in COLOURS for position in POSITIONS for size in SIZES
             for background in COLOURS if background != colour]
+
+
+def caption_words():
+    """Every word the captions use, in a fixed order (for tokenizers that keep each word whole)."""
+    return list(dict.fromkeys(w for spec in all_specs() for w in re.findall(r"[a-z]+", spec.caption())))
 
 
 def shape_mask(shape, size, centre, radius):

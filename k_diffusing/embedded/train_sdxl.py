@@ -4,7 +4,8 @@ Usage: ``python -m k_diffusing.embedded.train_sdxl --out DIR [--steps N] [--minu
 (4500 UNet steps, 500 VAE steps, seed 0, one thread) are the recipe of the committed embedded model.
 
 Components (all diffusers/transformers classes, so ``KSDXLPipeline.from_pretrained(DIR)`` loads them offline):
-two CLIP text encoders (hidden 32, 5 layers, byte-level tokenizers from :mod:`k_diffusing.testing.tokenizers`;
+two CLIP text encoders (hidden 32, 5 layers; byte-level BPE tokenizers from :mod:`k_diffusing.testing.tokenizers`
+with merges that keep each of the captions' 22 words whole;
 ``text_encoder_2`` projects the pooled output to 32), an ``AutoencoderKL`` (two blocks: vae_scale_factor 2,
 4 latent channels, 32x32 images -> 4x16x16 latents) and a ``UNet2DConditionModel`` with SDXL's ``text_time``
 added conditioning (cross-attention 64 = the two encoders' penultimate states concatenated, added embedding
@@ -64,7 +65,10 @@ def build_components(
     from k_diffusing.testing.tiny import clip_text_config, sdxl_scheduler_config, seeded
     from k_diffusing.testing.tokenizers import clip_tokenizer
 
-    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer()
+    from k_diffusing.embedded.shapes import caption_words
+
+    # Word-level BPE merges for the captions' closed vocabulary: each word is one token.
+    tokenizer, tokenizer_2 = clip_tokenizer(words=caption_words()), clip_tokenizer(words=caption_words())
     scale = 2 ** (len(vae_channels) - 1)
     with seeded(seed):
         vae = AutoencoderKL(

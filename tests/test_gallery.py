@@ -145,7 +145,9 @@ def test_adherence_sweep_writes_json_plot_and_table(saved, tmp_path):
     assert set(record["results"]["sdxl"]["euler"]["2"]["attributes"]) == {"shape", "colour", "position", "size",
                                                                           "background"}
     assert (out / "adherence.md").read_text().count("| SDXL |") == 2
+    assert 0 <= record["results"]["sdxl"]["heun"]["1"]["clean"] <= 1
     ET.fromstring((out / "adherence.svg").read_text())
+    ET.fromstring((out / "clean.svg").read_text())
 
 
 def test_svg_plot_with_a_single_x_value():

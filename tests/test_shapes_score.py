@@ -154,3 +154,19 @@ def test_pure_noise_scores_low_and_empty_images_score_background_only():
     assert reading.background == "green" and reading.shape is None and reading.colour is None
     assert adherence(blank, spec.caption()) == pytest.approx(0.2)
     assert score.MIN_AREA * 32 * 32 < (render(spec, 32) != blank).any(0).sum()
+
+
+def test_clean_fraction_is_one_on_renders_and_drops_with_blur_and_noise():
+    from k_diffusing.embedded.score import clean_fraction
+
+    images, captions = dataset(32, seed=4)
+    assert all(clean_fraction(image, caption) == 1.0 for image, caption in zip(images, captions))
+    blurred = torch.nn.functional.avg_pool2d(images, 3, 1, 1, count_include_pad=False)
+    noisy = images + 0.4 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    for degraded in (blurred, noisy):
+        mean = sum(clean_fraction(i, c) for i, c in zip(degraded, captions)) / len(captions)
+        assert mean < 0.95
+    # Asked for two colours the image does not use: nothing counts.
+    spec = shapes.parse_caption(captions[0])
+    other = [c for c in shapes.COLOURS if c not in (spec.colour, spec.background)]
+    assert clean_fraction(images[0], dataclasses.replace(spec, colour=other[0], background=other[1])) == 0.0

@@ -7,9 +7,11 @@ example a retrained model, to check that training reproduces the committed weigh
 The prompts are the captions of ``shapes.sample_specs(n, EVAL_SEED)`` (a fixed draw, independent of the training
 set's seed), image i is made with ``torch.Generator().manual_seed(i)``, on the pipeline's own sigmas, default
 guidance. The score of an image is :func:`k_diffusing.embedded.score.adherence` (the fraction of the prompt's five
-attributes it shows); a sampler's score at a step count is the mean over the prompts. Writes ``adherence.json``
-(every number, plus per-attribute accuracies at the largest step count), ``adherence.svg`` (score against steps,
-one panel per model) and ``adherence.md`` (the table).
+attributes it shows); a sampler's score at a step count is the mean over the prompts. Adherence saturates once the
+colours and the layout are right, which takes few steps; the mean :func:`k_diffusing.embedded.score.clean_fraction`
+(pixels within 0.25 of the prompt's two colours) tells converged images from blurred, under-resolved ones. Writes
+``adherence.json`` (every number, plus per-attribute accuracies at the largest step count), ``adherence.svg`` and
+``clean.svg`` (each against steps, one panel per model) and ``adherence.md`` (the table, adherence / clean).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from k_diffusing.embedded.score import adherence_batch, attribute_accuracy
+from k_diffusing.embedded.score import adherence_batch, attribute_accuracy, clean_fraction
 from k_diffusing.embedded.shapes import sample_specs
 from k_diffusing.gallery import EMBEDDED, load_pipeline, pipeline_options, render, save_atomic
 from k_diffusing.svgplot import line_plot
@@ -43,22 +45,26 @@ def sweep(pipe, kind: str, prompts, samplers, steps_list, progress=None) -> dict
         for steps in steps_list:
             images, calls = render(pipe, prompts, sampler, None, 0, pipeline_options(kind, pipe, steps))
             scores = adherence_batch(images, prompts, value_range=(0, 1))
-            entry = {"adherence": sum(scores) / len(scores), "model_calls": calls}
+            clean = [clean_fraction(image, prompt, value_range=(0, 1)) for image, prompt in zip(images, prompts)]
+            entry = {"adherence": sum(scores) / len(scores), "clean": sum(clean) / len(clean), "model_calls": calls}
             if steps == max(steps_list):
                 entry["attributes"] = attribute_accuracy(images, prompts, value_range=(0, 1))
             results[sampler][steps] = entry
             if progress:
-                progress(f"{kind} {sampler} {steps} steps: adherence {entry['adherence']:.3f} ({calls} calls)")
+                progress(
+                    f"{kind} {sampler} {steps} steps: adherence {entry['adherence']:.3f}, clean pixels "
+                    f"{entry['clean']:.3f} ({calls} calls)"
+                )
     return results
 
 
 def table(results: dict, steps_list) -> str:
-    """Markdown: one row per (model, sampler), mean adherence per step count."""
+    """Markdown: one row per (model, sampler), mean adherence / clean-pixel fraction per step count."""
     lines = ["| model | sampler | " + " | ".join(f"{s} steps" for s in steps_list) + " |"]
     lines.append("|---|---|" + "---|" * len(steps_list))
     for kind, per_sampler in results.items():
         for sampler, per_steps in per_sampler.items():
-            cells = " | ".join(f"{per_steps[s]['adherence']:.2f}" for s in steps_list)
+            cells = " | ".join(f"{per_steps[s]['adherence']:.2f} / {per_steps[s]['clean']:.2f}" for s in steps_list)
             lines.append(f"| {FAMILY[kind]} | `{sampler}` | {cells} |")
     return "\n".join(lines)
 
@@ -89,11 +95,12 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     record = {"models": {k: models[k] for k in a.kinds}, "prompts": prompts, "results": results}
     save_atomic(json.dumps(record, indent=1), a.out / "adherence.json")
-    panels = [
-        (f"{FAMILY[kind]} (embedded)", {s: [(n, e["adherence"]) for n, e in r.items()] for s, r in results[kind].items()})
-        for kind in a.kinds
-    ]
-    save_atomic(line_plot(panels, "sampler steps", "mean adherence", (0.0, 1.0)), a.out / "adherence.svg")
+    for metric, label, y_range in (("adherence", "mean adherence", (0.0, 1.0)), ("clean", "clean-pixel fraction", (0.5, 1.0))):
+        panels = [
+            (f"{FAMILY[kind]} (embedded)", {s: [(n, e[metric]) for n, e in r.items()] for s, r in results[kind].items()})
+            for kind in a.kinds
+        ]
+        save_atomic(line_plot(panels, "sampler steps", label, y_range), a.out / f"{metric}.svg")
     markdown = table(results, steps_list)
     save_atomic(markdown + "\n", a.out / "adherence.md")
     print(markdown)

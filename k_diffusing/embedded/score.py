@@ -135,3 +135,18 @@ def attribute_accuracy(images, prompts, value_range=(-1.0, 1.0)):
         pairs = [(r, s) for r, s in zip(readings, specs) if getattr(s, name) is not None]
         accuracy[name] = sum(getattr(r, name) == getattr(s, name) for r, s in pairs) / max(1, len(pairs))
     return accuracy
+
+
+CLEAN_DISTANCE = 0.25
+
+
+def clean_fraction(image, prompt, value_range=(-1.0, 1.0)):
+    """Fraction of pixels within ``CLEAN_DISTANCE`` (Euclidean RGB in [0, 1]) of the prompt's shape colour or
+    background colour. The training images score 1 (hard edges, pure palette colours); blur, colour casts and
+    leftover noise lower it, so it tells converged images from under-resolved ones where :func:`adherence` (which
+    only reads attributes) cannot."""
+    spec = parse_caption(prompt) if isinstance(prompt, str) else prompt
+    x = to_unit_rgb(image, value_range)
+    colours = _PALETTE[[_PALETTE_NAMES.index(spec.colour), _PALETTE_NAMES.index(spec.background)]]
+    distance = (x[None] - colours[:, :, None, None]).norm(dim=1).amin(dim=0)
+    return float((distance < CLEAN_DISTANCE).float().mean())

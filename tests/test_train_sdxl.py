@@ -57,3 +57,27 @@ def test_smoke_training_losses_decrease(smoke_run):
     assert len(vae) == 8 and len(unet) == 12
     assert sum(vae[-3:]) / 3 < 0.9 * sum(vae[:3]) / 3
     assert sum(unet[-4:]) / 4 < 0.8 * sum(unet[:4]) / 4
+
+
+def test_v_weighting_turns_the_eps_mse_into_the_v_mse():
+    """Salimans & Ho 2022: with x_t = sqrt(abar) x0 + sqrt(1 - abar) eps and v = sqrt(abar) eps - sqrt(1 - abar) x0,
+    |v - v_hat|^2 = |eps - eps_hat|^2 / abar, i.e. the 'v' weights up to one constant over the timesteps."""
+    from diffusers import DDPMScheduler
+
+    from k_diffusing.testing.tiny import sdxl_scheduler_config
+
+    abar = DDPMScheduler.from_config(sdxl_scheduler_config()).alphas_cumprod.double()
+    weights = train_sdxl.loss_weights(abar, "v").double()
+    assert weights.mean().item() == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    a, s = abar[t].sqrt()[:, None], (1 - abar[t]).sqrt()[:, None]
+    x0, eps = torch.randn(5, 64, generator=g, dtype=torch.float64), torch.randn(5, 64, generator=g, dtype=torch.float64)
+    eps_hat = eps + 0.1 * torch.randn(5, 64, generator=g, dtype=torch.float64)
+    xt = a * x0 + s * eps
+    x0_hat = (xt - s * eps_hat) / a
+    v_mse = ((a * eps - s * x0) - (a * eps_hat - s * x0_hat)).pow(2).mean(1)
+    weighted_eps_mse = weights[t] * (eps - eps_hat).pow(2).mean(1)
+    ratio = v_mse / weighted_eps_mse
+    assert torch.allclose(ratio, ratio[0].expand(5), rtol=1e-10)
+    assert torch.equal(train_sdxl.loss_weights(abar, "uniform"), torch.ones_like(abar))

@@ -46,6 +46,7 @@ from k_diffusing.embedded.training import (
     common_values,
     denoiser_stage,
     prepare,
+    shapes_vae,
     vae_stage,
 )
 
@@ -61,7 +62,7 @@ def build_components(
     seed: int = 0, image_size: int = 32, vae_channels=(16, 32), transformer_size=(2, 4, 4)
 ) -> dict:
     """Fresh, deterministic components of ``FluxPipeline`` (fp32, CPU, eval mode)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     from k_diffusing.testing.tiny import seeded
     from k_diffusing.testing.tiny_flux import (
@@ -82,16 +83,10 @@ def build_components(
         num_attention_heads=heads,
     )
     with seeded(seed + 1):
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-            block_out_channels=tuple(vae_channels),
-            layers_per_block=1,
-            latent_channels=LATENT_CHANNELS,
-            norm_num_groups=8,
-            sample_size=image_size,
+        vae = shapes_vae(
+            vae_channels,
+            LATENT_CHANNELS,
+            image_size,
             use_quant_conv=False,
             use_post_quant_conv=False,
             scaling_factor=1.0,

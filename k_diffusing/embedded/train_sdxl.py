@@ -43,6 +43,7 @@ from k_diffusing.embedded.training import (
     common_values,
     denoiser_stage,
     prepare,
+    shapes_vae,
     vae_stage,
 )
 
@@ -59,7 +60,7 @@ def build_components(
     seed: int = 0, image_size: int = 32, unet_channels=(32, 64), vae_channels=(16, 32)
 ) -> dict:
     """Fresh, deterministic components of ``StableDiffusionXLPipeline`` (fp32, CPU, train mode off)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from k_diffusing.testing.tiny import clip_text_config, sdxl_scheduler_config, seeded
@@ -71,17 +72,7 @@ def build_components(
     tokenizer, tokenizer_2 = clip_tokenizer(words=caption_words()), clip_tokenizer(words=caption_words())
     scale = 2 ** (len(vae_channels) - 1)
     with seeded(seed):
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-            block_out_channels=tuple(vae_channels),
-            layers_per_block=1,
-            latent_channels=LATENT_CHANNELS,
-            norm_num_groups=8,
-            sample_size=image_size,
-        )
+        vae = shapes_vae(vae_channels, LATENT_CHANNELS, image_size)
     with seeded(seed + 1):
         unet = UNet2DConditionModel(
             sample_size=image_size // scale,

@@ -69,6 +69,25 @@ def folder_size(path) -> int:
     return sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
 
 
+def shapes_vae(vae_channels, latent_channels: int, image_size: int, **config):
+    """The trainers' ``AutoencoderKL``: one block per entry of ``vae_channels`` (vae_scale_factor
+    ``2 ** (len - 1)``), one layer each, 8 norm groups; ``config`` adds model-specific settings."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        block_out_channels=tuple(vae_channels),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=image_size,
+        **config,
+    )
+
+
 def prepare(seed: int, images: int, image_size: int, threads: int | None, log):
     """Seed everything, set the thread count and make the dataset: returns (pixels, captions, generator)."""
     from k_diffusing.embedded.shapes import dataset

@@ -11,8 +11,10 @@ score of each image from :mod:`k_diffusing.embedded.score`). Files are written u
 so an interrupted run leaves only complete files.
 
 The default model is the embedded one of the family (:data:`EMBEDDED`, trained by
-:mod:`k_diffusing.embedded.train_sdxl` / :mod:`k_diffusing.embedded.train_flux`); ``--model`` takes any diffusers
-folder or hub id of the family, for example real SDXL or FLUX weights on a GPU.
+:mod:`k_diffusing.embedded.train_sdxl` / :mod:`k_diffusing.embedded.train_flux`), named ``embedded:sdxl`` /
+``embedded:flux``; ``--model`` takes any diffusers folder or hub id of the family, for example real SDXL or FLUX
+weights on a GPU. ``gallery.json`` records the embedded models by that name, so the record does not depend on where
+the checkout lies, and any other model as given.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def parser(kind: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Render one image strip per k-sampler with a {family} pipeline, plus a labelled grid.",
     )
-    p.add_argument("--model", default=str(EMBEDDED[kind]), help=f"diffusers {family} folder or hub id (default: the embedded model)")
+    p.add_argument("--model", default=f"embedded:{kind}",
+                   help=f"diffusers {family} folder or hub id (default: embedded:{kind}, the embedded model)")
     p.add_argument("--out", type=Path, default=Path("outputs") / "gallery" / kind, help="output folder")
     p.add_argument("--prompt", nargs="+", default=list(DEFAULT_PROMPTS), help="one or more prompts (one image each)")
     p.add_argument("--samplers", nargs="+", default=None, help="catalogue names or A1111 names (default: all)")
@@ -95,11 +98,33 @@ def validate(args) -> list:
 # --- rendering ---------------------------------------------------------------------------------------------------
 
 
+def model_location(model: str) -> str:
+    """The folder or hub id to load: ``embedded:<kind>`` names an embedded model's folder; anything else is
+    returned as given."""
+    if model.startswith("embedded:"):
+        name = model.removeprefix("embedded:")
+        if name not in EMBEDDED:
+            raise ValueError(f"unknown embedded model {model!r}: expected one of "
+                             + ", ".join(f"'embedded:{k}'" for k in EMBEDDED))
+        return str(EMBEDDED[name])
+    return model
+
+
+def model_label(model: str) -> str:
+    """What ``gallery.json`` records for ``model``: ``embedded:<kind>`` for an embedded model, also when given as
+    its folder (a checkout-independent name); any other folder or hub id as given."""
+    for name, folder in EMBEDDED.items():
+        if model == f"embedded:{name}" or Path(model).resolve() == folder:
+            return f"embedded:{name}"
+    return model
+
+
 def load_pipeline(kind: str, model: str, device: str, dtype: torch.dtype):
+    """``model``: a diffusers folder, a hub id or ``embedded:<kind>`` (:func:`model_location`)."""
     from .pipelines import KFluxPipeline, KSDXLPipeline
 
     cls = {"sdxl": KSDXLPipeline, "flux": KFluxPipeline}[kind]
-    return cls.from_pretrained(model, dtype=dtype).to(device)
+    return cls.from_pretrained(model_location(model), dtype=dtype).to(device)
 
 
 def pipeline_options(kind: str, pipe, steps: int, height=None, width=None, guidance_scale=None) -> dict:
@@ -194,7 +219,7 @@ def main(kind: str, argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     record = {
-        "model": args.model, "kind": kind, "prompts": list(args.prompt), "seed": args.seed, "device": device,
+        "model": model_label(args.model), "kind": kind, "prompts": list(args.prompt), "seed": args.seed, "device": device,
         "dtype": str(dtype).removeprefix("torch."), **{k: v for k, v in options.items()}, "samplers": {},
     }
     rows = []

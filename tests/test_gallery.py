@@ -154,3 +154,18 @@ def test_svg_plot_with_a_single_x_value():
     for log_x in (True, False):
         root = ET.fromstring(line_plot([("A", {"euler": [(20, 0.5)]})], "steps", "score", (0.0, 1.0), log_x=log_x))
         assert len(root.findall("{http://www.w3.org/2000/svg}circle")) == 1
+
+
+def test_gallery_records_embedded_models_by_name(tmp_path, monkeypatch):
+    for kind, folder in gallery.EMBEDDED.items():
+        assert gallery.model_label(f"embedded:{kind}") == f"embedded:{kind}"
+        assert gallery.model_label(str(folder)) == f"embedded:{kind}"
+        monkeypatch.chdir(folder.parent)
+        assert gallery.model_label(kind) == f"embedded:{kind}"  # a relative path to the same folder
+        assert gallery.model_location(f"embedded:{kind}") == str(folder)
+    monkeypatch.chdir(tmp_path)
+    for other in ("stabilityai/stable-diffusion-xl-base-1.0", str(tmp_path / "my_model"), "sdxl"):
+        assert gallery.model_label(other) == other and gallery.model_location(other) == other
+    with pytest.raises(ValueError, match="unknown embedded model 'embedded:sd3'"):
+        gallery.model_location("embedded:sd3")
+    assert gallery.parser("flux").parse_args([]).model == "embedded:flux"

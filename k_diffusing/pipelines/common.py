@@ -142,8 +142,10 @@ def run_sampler(pipe, function, spec: SamplerSpec | None, bridge, sigmas: torch.
                 generator, sampler_kwargs: dict, state: dict, callback: Callable | None,
                 tensor_inputs: list[str]) -> tuple[torch.Tensor, bool]:
     """Run ``function`` on ``bridge`` over ``sigmas`` from ``x`` with the pipeline's progress bar (counting model
-    calls), callbacks and interrupt; returns ``(x, interrupted)``."""
+    calls), callbacks and interrupt; returns ``(x, interrupted)``. ``pipe.k_sigmas`` keeps the call's schedule (as a
+    parent pipeline's ``scheduler.sigmas`` does), for callbacks and :mod:`k_diffusing.parity`."""
     check_sigmas(sigmas)
+    pipe.k_sigmas = sigmas.detach().cpu()
     kwargs = dict(sampler_kwargs)
     if takes_generator(function):
         kwargs.setdefault("generator", generator)

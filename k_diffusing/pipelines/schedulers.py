@@ -133,20 +133,27 @@ def _set_up_copy(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu
 def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas=None, mu=None) -> SchedulerSigmas:
     """Set up a copy of ``scheduler`` and read its schedule: main sigmas (interleaved second-order evaluations
     removed), the (sigma, timestep) pairs it feeds the network, and its initial noise scale."""
-    fresh = _set_up_copy(scheduler, num_inference_steps, timesteps, sigmas, mu)
-    name = type(fresh).__name__
-    ts = fresh.timesteps.to(torch.float32)
-    if getattr(fresh, "sigmas", None) is not None:
-        table = fresh.sigmas.to(torch.float32)
+    return read_schedule(_set_up_copy(scheduler, num_inference_steps, timesteps, sigmas, mu))
+
+
+def read_schedule(scheduler) -> SchedulerSigmas:
+    """The schedule of a scheduler whose ``set_timesteps`` has run (a fresh copy, or a pipeline's scheduler after a
+    run): main sigmas, (sigma, timestep) pairs and initial noise scale."""
+    name = type(scheduler).__name__
+    ts = scheduler.timesteps.to(torch.float32).cpu()
+    if getattr(scheduler, "sigmas", None) is not None:
+        table = scheduler.sigmas.to(torch.float32).cpu()
         main = torch.unique_consecutive(table)
-    else:  # DDIM / DDPM / LCM: sigma at each timestep, then the final one (DDIM: final_alpha_cumprod)
-        acp = fresh.alphas_cumprod.to(torch.float32)
-        final = torch.as_tensor(getattr(fresh, "final_alpha_cumprod", 1.0), dtype=torch.float32).reshape(1)
-        table = torch.cat([acp[fresh.timesteps.long()], final])
+    else:  # DDIM / DDPM / LCM: sigma at each timestep, then the final one (DDIM: final_alpha_cumprod; LCM's last
+        # step returns its denoised sample, i.e. steps to sigma = 0, whatever its final_alpha_cumprod)
+        acp = scheduler.alphas_cumprod.to(torch.float32).cpu()
+        final_acp = 1.0 if name == "LCMScheduler" else getattr(scheduler, "final_alpha_cumprod", 1.0)
+        final = torch.as_tensor(final_acp, dtype=torch.float32).reshape(1)
+        table = torch.cat([acp[scheduler.timesteps.long().cpu()], final.cpu()])
         table = main = ((1 - table) / table) ** 0.5
-    known = (table[: len(ts)], ts) if name in _PAIRED or getattr(fresh, "sigmas", None) is None else None
-    init = float(getattr(fresh, "init_noise_sigma", 1.0))
-    return SchedulerSigmas(main.to(torch.float64), known, init, equivalent(fresh).vp_latents)
+    known = (table[: len(ts)], ts) if name in _PAIRED or getattr(scheduler, "sigmas", None) is None else None
+    init = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    return SchedulerSigmas(main.to(torch.float64), known, init, equivalent(scheduler).vp_latents)
 
 
 def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor):

@@ -1,0 +1,154 @@
+"""Run one parity pair through both pipelines and record, step by step, what each side did.
+
+Both sides share every component of one pipeline folder and get the same prompt, seed and initial noise. The k side
+is ``KSDXLPipeline`` / ``KFluxPipeline`` with the pair's scheduler loaded (so it samples on that scheduler's own
+sigmas); the other side is the diffusers parent pipeline driving the scheduler itself. Per step we keep the sigma,
+the timestep the network saw and the latent after the step, all in the k-sampler's units: VE latents
+``x0 + sigma eps`` for SDXL (VP schedulers' latents are multiplied by ``sqrt(sigma^2 + 1)``), the flow state for
+FLUX.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..pipelines.schedulers import equivalent, read_schedule
+from .pairs import Pair
+
+
+@dataclass
+class Trace:
+    """What one side did: ``sigmas`` (n + 1), ``timesteps`` (the network's timestep at each step's first call),
+    ``call_timesteps`` (every network call), ``latents`` (the state after each step, float64 CPU, k-sampler units)
+    and the decoded ``images`` (B, 3, H, W) in [0, 1]."""
+
+    label: str
+    sigmas: list[float]
+    timesteps: list[float]
+    call_timesteps: list[float]
+    latents: list[torch.Tensor]
+    images: torch.Tensor
+
+
+class _NetworkCalls:
+    """The timestep of every forward of ``network`` (positional, as the UNet gets it, or ``timestep=``)."""
+
+    def __init__(self, network, scale: float):
+        self.timesteps: list[float] = []
+        self.scale = scale
+        self._handle = network.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        t = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        self.timesteps.append(float(t.flatten()[0]) * self.scale)
+
+    def remove(self):
+        self._handle.remove()
+
+
+def network_of(pipe):
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+
+
+def build_scheduler(pipe, pair: Pair):
+    """The pair's scheduler over the pipeline's own scheduler config; checks that the pipeline's default k-sampler
+    for it is the pair's sampler (else the table is wrong)."""
+    import diffusers
+
+    cls = getattr(diffusers, pair.scheduler, None)
+    if cls is None:
+        raise ValueError(f"pair {pair.name!r}: diffusers has no scheduler class {pair.scheduler!r}")
+    scheduler = cls.from_config(pipe.scheduler.config, **pair.config)
+    found = equivalent(scheduler).sampler
+    if found != pair.sampler:
+        raise ValueError(f"pair {pair.name!r}: {pair.diffusers_side} runs k-sampler {found!r}, not {pair.sampler!r}")
+    return scheduler
+
+
+def _run(pipe, label: str, options: dict, generators, record_step, read_sigmas) -> Trace:
+    """Call ``pipe`` with a step-end callback that keeps the states ``record_step`` accepts, and hook its network."""
+    states, call_index, calls = [], [], _NetworkCalls(network_of(pipe), 1000.0 if hasattr(pipe, "transformer") else 1)
+
+    def on_step_end(p, i, t, tensors):
+        latent = record_step(p, tensors["latents"], i, len(states))
+        if latent is not None:
+            states.append(latent.detach().to("cpu", torch.float64))
+            call_index.append(len(calls.timesteps))
+        return {}
+
+    try:
+        images = pipe(generator=generators, output_type="pt", callback_on_step_end=on_step_end, **options).images
+    finally:
+        calls.remove()
+    firsts = [0] + call_index[:-1]
+    timesteps = [calls.timesteps[k] for k in firsts if k < len(calls.timesteps)]
+    return Trace(label, read_sigmas(pipe), timesteps, calls.timesteps, states, images.float().cpu())
+
+
+def _generators(seed: int, batch: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
+
+
+def _side(run, pipe, pair: Pair, options: dict, seed: int) -> Trace:
+    """One side, seeded: image b of the batch by generator ``seed + b``. For a ``global_noise`` pair the initial
+    latents are drawn first and passed in, and torch's global RNG is seeded with ``seed``, so that the parent's
+    step noise (global RNG) and ours (a fresh generator) are the same stream."""
+    batch = len(options["prompt"]) if isinstance(options["prompt"], list) else 1
+    if not pair.global_noise:
+        return run(options, _generators(seed, batch))
+    if batch != 1:
+        raise ValueError(f"pair {pair.name!r} draws global-RNG noise: run it with a batch of 1")
+    latents = initial_latents(pipe, options, _generators(seed, 1))
+    torch.manual_seed(seed)
+    return run({**options, "latents": latents}, _generators(seed, 1))
+
+
+def initial_latents(pipe, options: dict, generators) -> torch.Tensor:
+    """The parent's initial noise for one image (FLUX: packed), as its ``prepare_latents`` draws it."""
+    if not hasattr(pipe, "transformer"):
+        raise ValueError("global-RNG pairs are FLUX pairs (KSDXLPipeline passes its generator to the scheduler)")
+    channels = pipe.transformer.config.in_channels // 4
+    return pipe.prepare_latents(1, channels, options["height"], options["width"], torch.float32,
+                                pipe._execution_device, generators)[0]
+
+
+def k_label(scheduler) -> str:
+    """The k-sampler a scheduler maps to, with the options read from its config: ``uni_pc_bh2(order=2, ...)``."""
+    found = equivalent(scheduler)
+    options = ", ".join(f"{k}={v!r}" for k, v in found.kwargs.items())
+    return f"{found.sampler}({options})"
+
+
+def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
+    """The k side: the K pipeline with the pair's scheduler loaded and its default (equivalent) sampler; the
+    callback already gives k units."""
+    k_pipe = type(pipe)(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
+    k_pipe.set_progress_bar_config(disable=True)
+    run = lambda opts, gens: _run(k_pipe, k_label(k_pipe.scheduler), opts, gens, lambda p, x, i, k: x,  # noqa: E731
+                                  lambda p: [float(s) for s in p.k_sigmas])
+    return _side(run, k_pipe, pair, options, seed)
+
+
+def trace_diffusers(pipe, pair: Pair, options: dict, seed: int) -> Trace:
+    """The diffusers side: the parent pipeline class driving the pair's scheduler. Sub-step callbacks of two-stage
+    schedulers (Heun, KDPM2, DPM-Solver SDE) are skipped; VP latents are brought to VE units for SDXL."""
+    parent = next(c for c in type(pipe).__mro__[1:] if c.__module__.startswith("diffusers."))
+    native = parent(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
+    native.set_progress_bar_config(disable=True)
+    vp = pair.kind == "sdxl" and equivalent(native.scheduler).vp_latents
+
+    def record(p, x, i, k):
+        last = i == len(p.scheduler.timesteps) - 1  # a two-stage scheduler's step into 0 is one stage
+        if not (getattr(p.scheduler, "state_in_first_order", True) or last):
+            return None
+        if not vp:
+            return x
+        sigma = float(read_schedule(p.scheduler).sigmas[k + 1])
+        return x.double() * math.sqrt(sigma**2 + 1)
+
+    run = lambda opts, gens: _run(native, pair.diffusers_side, opts, gens, record,  # noqa: E731
+                                  lambda p: [float(s) for s in read_schedule(p.scheduler).sigmas])
+    return _side(run, native, pair, options, seed)

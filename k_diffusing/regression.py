@@ -283,7 +283,11 @@ class Renderer:
         dtype = record.get("dtype", "float32")
         if dtype not in DTYPES:
             raise BadInput(f"unknown dtype {dtype!r} in gallery.json: expected one of {', '.join(DTYPES)}")
-        self.pipe = load_pipeline(record["kind"], model or record["model"], device, DTYPES[dtype])
+        model = model or record["model"]
+        try:
+            self.pipe = load_pipeline(record["kind"], model, device, DTYPES[dtype])
+        except (OSError, ValueError) as error:
+            raise BadInput(f"cannot load the {record['kind']} model {model!r}: {error}") from None
         self.pipe.set_progress_bar_config(disable=True)
         self.options = pipeline_options(record["kind"], self.pipe, record["num_inference_steps"], record["height"],
                                         record["width"], record.get("guidance_scale"))

@@ -240,3 +240,14 @@ def test_cli_renders_candidates_from_gallery_json(tmp_path, capsys):
     Image.fromarray(image).save(golden / "euler.png")
     assert regression.main(["--golden", str(golden), "--report", str(report)]) == 1
     assert (report / "euler.diff.png").exists()
+
+
+def test_cli_render_mode_refuses_a_model_it_cannot_load(tmp_path, capsys):
+    golden = write_gallery(tmp_path / "golden", strips(1))
+    record = json.loads((golden / "gallery.json").read_text())
+    (golden / "gallery.json").write_text(json.dumps(dict(record, model="embedded:sd3")))
+    assert regression.main(["--golden", str(golden), "--report", str(tmp_path / "r")]) == 2
+    assert "cannot load the sdxl model 'embedded:sd3': unknown embedded model" in capsys.readouterr().err
+    assert regression.main(["--golden", str(golden), "--report", str(tmp_path / "r"), "--model",
+                            str(tmp_path / "no_such_model")]) == 2
+    assert f"cannot load the sdxl model '{tmp_path / 'no_such_model'}'" in capsys.readouterr().err

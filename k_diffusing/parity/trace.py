@@ -119,7 +119,7 @@ def k_label(scheduler) -> str:
     """The k-sampler a scheduler maps to, with the options read from its config: ``uni_pc_bh2(order=2, ...)``."""
     found = equivalent(scheduler)
     options = ", ".join(f"{k}={v!r}" for k, v in found.kwargs.items())
-    return f"{found.sampler}({options})"
+    return f"{found.sampler}({options})" if options else found.sampler
 
 
 def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:

@@ -1,0 +1,140 @@
+"""``python -m k_diffusing.parity`` (console script ``k-diffusing-parity``): run parity pairs, write reports.
+
+Each pair runs at the pipeline level (the K pipeline against its diffusers parent on one pipeline folder, default:
+the embedded models) and at the sampler level (the diffusers scheduler wrapped as a k-sampler against ours on the
+analytic denoiser). Writes ``report.md``, ``index.html`` and ``report.json`` with per-pair images, heat maps and
+divergence plots. Exit status: 0 when every exact pair is within its tolerance, 1 when one is not, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .pairs import PAIRS, Tolerance, pairs_for
+
+LEVELS = ("pipeline", "sampler")
+
+
+def parser() -> argparse.ArgumentParser:
+    from ..gallery import DEFAULT_PROMPTS, EMBEDDED
+
+    p = argparse.ArgumentParser(prog="python -m k_diffusing.parity", description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", nargs="+", metavar="PAIR", help="pairs to run (default: all of --kinds); see --list")
+    p.add_argument("--kinds", nargs="+", choices=("sdxl", "flux"), default=["sdxl", "flux"])
+    p.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS))
+    p.add_argument("--model-sdxl", default=str(EMBEDDED["sdxl"]), help="SDXL pipeline folder or hub id")
+    p.add_argument("--model-flux", default=str(EMBEDDED["flux"]), help="FLUX pipeline folder or hub id")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", default=DEFAULT_PROMPTS[0])
+    p.add_argument("--batch", type=int, default=4, help="images per distribution-only pair (default 4)")
+    p.add_argument("--tolerance", nargs="+", default=[], metavar="PAIR=VALUE", help="override pair tolerances")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("outputs") / "parity", help="report folder (replaced)")
+    p.add_argument("--write", type=Path, metavar="README", help="also write the summary table between the "
+                   "README's <!-- parity:start/end --> markers")
+    p.add_argument("--list", action="store_true", help="print the pair table and exit")
+    return p
+
+
+def overridden(pairs, overrides: list[str]):
+    """The pairs with ``PAIR=VALUE`` tolerance overrides applied (same relative/absolute kind)."""
+    values = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--tolerance {item!r}: expected PAIR=NUMBER, e.g. sdxl_lms=1e-5") from None
+        if name not in PAIRS:
+            pairs_for([name])  # raises with the valid names
+    return [dataclasses.replace(p, tolerance=Tolerance(values[p.name], p.tolerance.relative))
+            if p.name in values else p for p in pairs]
+
+
+def run(pairs, args, progress=None) -> list:
+    """``[(level, Comparison)]`` for every pair and level, pipelines loaded once per kind."""
+    import torch
+
+    from ..gallery import load_pipeline, pipeline_options
+    from .compare import compare
+    from .sampler_level import trace_sampler_level
+    from .trace import trace_diffusers, trace_k
+
+    results, pipes = [], {}
+    for pair in pairs:
+        if "pipeline" in args.levels and pair.pipeline:
+            if pair.kind not in pipes:
+                model = args.model_sdxl if pair.kind == "sdxl" else args.model_flux
+                pipes[pair.kind] = load_pipeline(pair.kind, model, args.device, torch.float32)
+                pipes[pair.kind].set_progress_bar_config(disable=True)
+            pipe = pipes[pair.kind]
+            batch = 1 if pair.exact or pair.global_noise else args.batch
+            options = {**pipeline_options(pair.kind, pipe, args.steps), "prompt": [args.prompt] * batch}
+            ours, theirs = trace_k(pipe, pair, options, args.seed), trace_diffusers(pipe, pair, options, args.seed)
+            results.append(("pipeline", compare(pair, ours, theirs)))
+        if "sampler" in args.levels:
+            results.append(("sampler", compare(pair, *trace_sampler_level(pair, args.steps, args.seed))))
+        if progress is not None:
+            progress(pair.name, results[-1][1] if results else None)
+    return results
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished report into ``out`` (a previous report there is replaced; anything else is refused)."""
+    if out.exists():
+        if not (out / "report.json").exists() and any(out.iterdir()):
+            raise ValueError(f"--out {out} exists and is not a parity report folder; choose an empty or new one")
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp), str(out))
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.steps < 1 or args.batch < 1:
+            raise ValueError(f"--steps {args.steps} and --batch {args.batch} must be at least 1")
+        pairs = overridden(pairs_for(args.pairs, tuple(args.kinds)), args.tolerance)
+        if args.out.exists() and not (args.out / "report.json").exists() and any(args.out.iterdir()):
+            raise ValueError(f"--out {args.out} exists and is not a parity report folder; choose an empty or new one")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.list:
+        for p in pairs:
+            kind = "exact" if p.exact else "distribution-only"
+            print(f"{p.name:28s} {p.sampler:16s} <-> {p.diffusers_side}  [{kind}, {p.tolerance.describe()}]")
+        return 0
+
+    from tqdm.auto import tqdm
+
+    from .report import markdown_table, write_report
+
+    with tqdm(total=len(pairs), desc="parity pairs") as bar:
+        results = run(pairs, args, progress=lambda name, c: (bar.set_postfix_str(name), bar.update()))
+    settings = {"steps": args.steps, "seed": args.seed, "prompt": repr(args.prompt), "batch (distribution-only)":
+                args.batch, "SDXL model": args.model_sdxl, "FLUX model": args.model_flux, "device": args.device}
+    with tempfile.TemporaryDirectory(dir=args.out.parent if args.out.parent.exists() else None) as tmp:
+        report = Path(tmp) / "report"
+        write_report(results, report, settings)
+        _replace_folder(report, args.out)
+    table = markdown_table(results)
+    print(table)
+    if args.write:
+        from ..catalogue import write_into
+
+        write_into(args.write, table, section="parity")
+    failed = [c.pair.name for _, c in results if c.pair.exact and not c.passed]
+    print(f"report: {args.out / 'index.html'}; " + (f"FAILED: {', '.join(failed)}" if failed else "all exact pairs "
+          "within tolerance"), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

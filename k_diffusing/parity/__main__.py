@@ -21,14 +21,16 @@ LEVELS = ("pipeline", "sampler")
 
 
 def parser() -> argparse.ArgumentParser:
-    from ..gallery import DEFAULT_PROMPTS, EMBEDDED
+    from ..gallery import DEFAULT_PROMPTS
 
     p = argparse.ArgumentParser(prog="python -m k_diffusing.parity", description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", metavar="PAIR", help="pairs to run (default: all of --kinds); see --list")
     p.add_argument("--kinds", nargs="+", choices=("sdxl", "flux"), default=["sdxl", "flux"])
     p.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS))
-    p.add_argument("--model-sdxl", default=str(EMBEDDED["sdxl"]), help="SDXL pipeline folder or hub id")
-    p.add_argument("--model-flux", default=str(EMBEDDED["flux"]), help="FLUX pipeline folder or hub id")
+    p.add_argument("--model-sdxl", default="embedded:sdxl", help="SDXL pipeline folder or hub id "
+                   "(default: embedded:sdxl, the embedded model)")
+    p.add_argument("--model-flux", default="embedded:flux", help="FLUX pipeline folder or hub id "
+                   "(default: embedded:flux)")
     p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", default=DEFAULT_PROMPTS[0])
@@ -114,12 +116,15 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
-    from .report import markdown_table, write_report
+    from .report import compact_table, markdown_table, write_report
 
     with tqdm(total=len(pairs), desc="parity pairs") as bar:
         results = run(pairs, args, progress=lambda name, c: (bar.set_postfix_str(name), bar.update()))
+    from ..gallery import model_label
+
     settings = {"steps": args.steps, "seed": args.seed, "prompt": repr(args.prompt), "batch (distribution-only)":
-                args.batch, "SDXL model": args.model_sdxl, "FLUX model": args.model_flux, "device": args.device}
+                args.batch, "SDXL model": model_label(args.model_sdxl), "FLUX model": model_label(args.model_flux),
+                "device": args.device}
     with tempfile.TemporaryDirectory(dir=args.out.parent if args.out.parent.exists() else None) as tmp:
         report = Path(tmp) / "report"
         write_report(results, report, settings)
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
     if args.write:
         from ..catalogue import write_into
 
-        write_into(args.write, table, section="parity")
+        write_into(args.write, compact_table(results), section="parity")
     failed = [c.pair.name for _, c in results if c.pair.exact and not c.passed]
     print(f"report: {args.out / 'index.html'}; " + (f"FAILED: {', '.join(failed)}" if failed else "all exact pairs "
           "within tolerance"), file=sys.stderr)

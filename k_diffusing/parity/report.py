@@ -28,7 +28,9 @@ def verdict(c: Comparison) -> str:
 def _number(v: float) -> str:
     if math.isnan(v):
         return "–"
-    return "inf" if math.isinf(v) else "0" if v == 0 else f"{v:.2g}" if abs(v) >= 1e-2 else f"{v:.1e}"
+    if math.isinf(v) or v == 0:
+        return "inf" if math.isinf(v) else "0"
+    return f"{v:.3g}" if abs(v) >= 1 else f"{v:.2g}" if abs(v) >= 1e-2 else f"{v:.1e}"
 
 
 def summary_rows(results: list[tuple[str, Comparison]]) -> list[list[str]]:
@@ -49,6 +51,25 @@ HEADER = ["pair", "level", "k-sampler", "diffusers scheduler", "kind", "toleranc
 def markdown_table(results: list[tuple[str, Comparison]]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r.replace("|", "\\|") for r in row) + " |" for row in summary_rows(results)]
+    return "\n".join(lines)
+
+
+def compact_table(results: list[tuple[str, Comparison]]) -> str:
+    """One row per pair, both levels side by side (the README's table)."""
+    by_pair: dict[str, dict[str, Comparison]] = {}
+    for level, c in results:
+        by_pair.setdefault(c.pair.name, {})[level] = c
+    lines = ["| pair | k-sampler | diffusers scheduler | kind, tolerance | pipeline: measured (image PSNR dB) "
+             "| sampler level: measured | verdict |", "|---|---|---|---|---|---|---|"]
+    for name, levels in by_pair.items():
+        any_c = next(iter(levels.values()))
+        p = any_c.pair
+        pipe, samp = levels.get("pipeline"), levels.get("sampler")
+        cells = [name, f"`{any_c.ours.label}`", f"`{p.diffusers_side}`",
+                 f"{'exact' if p.exact else 'distribution-only'}, {p.tolerance.describe()}",
+                 f"{_number(pipe.measured)} ({_number(pipe.psnr)})" if pipe else "–",
+                 _number(samp.measured) if samp else "–", ", ".join(verdict(c) for c in levels.values())]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -78,14 +99,14 @@ def divergence_svg(c: Comparison) -> str:
     def log(v: float) -> float:
         return max(math.log10(v), FLOOR) if v > 0 else FLOOR
 
-    series = {"max |Δ latent|" + (" / max |latent|" if c.pair.tolerance.relative else ""):
-              [(k + 1, log(d)) for k, d in enumerate(c.step_diff)]}
+    series = {"difference": [(k + 1, log(d)) for k, d in enumerate(c.step_diff)]}
     if c.pair.exact and c.step_diff:
         series["tolerance"] = [(1, log(c.pair.tolerance.value)), (len(c.step_diff), log(c.pair.tolerance.value))]
     values = [y for points in series.values() for _, y in points]
     lo = math.floor(min(values)) - 1
     hi = max(math.ceil(max(values)) + 1, lo + 2)
-    return line_plot([(c.pair.name, series)], "step", "log10 difference", (lo, hi), log_x=False,
+    label = "log10 max |Δ latent|" + (" / max |latent|" if c.pair.tolerance.relative else "")
+    return line_plot([(c.pair.name, series)], "step (0 drawn at 1e-10)", label, (lo, hi), log_x=False,
                      panel_size=(420, 200))
 
 
@@ -121,8 +142,9 @@ def _pair_section(level: str, c: Comparison, folder: Path, base: Path) -> str:
             for name, caption in (("ours", "k_diffusing"), ("theirs", "diffusers"),
                                   ("diff", f"|difference|, white = {_number(top)} (PSNR {_number(c.psnr)} dB)"))))
     parts.append(f'<p><img src="{rel}/divergence.svg" alt="per-step divergence"></p>')
-    parts.append(_html_table(["step", "sigma (ours)", "sigma (diffusers)", "timestep (ours)",
-                              "timestep (diffusers)", "max |Δ latent| after the step"], schedule_rows(c)))
+    called = "timestep" if c.ours.images is not None else "sigma of the first call"
+    parts.append(_html_table(["step", "sigma (ours)", "sigma (diffusers)", f"{called} (ours)",
+                              f"{called} (diffusers)", "max |Δ latent| after the step"], schedule_rows(c)))
     return "".join(parts) + "</section>"
 
 

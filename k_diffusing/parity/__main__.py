@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
-    from .report import compact_table, markdown_table, write_report
+    from .report import compact_table, failures, markdown_table, write_report
 
     with tqdm(total=len(pairs), desc="parity pairs") as bar:
         results = run(pairs, args, progress=lambda name, c: (bar.set_postfix_str(name), bar.update()))
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         from ..catalogue import write_into
 
         write_into(args.write, compact_table(results), section="parity")
-    failed = [c.pair.name for _, c in results if c.pair.exact and not c.passed]
+    failed = failures(results)
     print(f"report: {args.out / 'index.html'}; " + (f"FAILED: {', '.join(failed)}" if failed else "all exact pairs "
           "within tolerance"), file=sys.stderr)
     return 1 if failed else 0

@@ -99,9 +99,9 @@ def divergence_svg(c: Comparison) -> str:
     def log(v: float) -> float:
         return max(math.log10(v), FLOOR) if v > 0 else FLOOR
 
-    series = {"difference": [(k + 1, log(d)) for k, d in enumerate(c.step_diff)]}
+    series = {"difference": [(k, log(d)) for k, d in enumerate(c.step_diff)]}
     if c.pair.exact and c.step_diff:
-        series["tolerance"] = [(1, log(c.pair.tolerance.value)), (len(c.step_diff), log(c.pair.tolerance.value))]
+        series["tolerance"] = [(0, log(c.pair.tolerance.value)), (len(c.step_diff) - 1, log(c.pair.tolerance.value))]
     values = [y for points in series.values() for _, y in points]
     lo = math.floor(min(values)) - 1
     hi = max(math.ceil(max(values)) + 1, lo + 2)
@@ -148,11 +148,16 @@ def _pair_section(level: str, c: Comparison, folder: Path, base: Path) -> str:
     return "".join(parts) + "</section>"
 
 
+def failures(results: list[tuple[str, Comparison]]) -> list[str]:
+    """``pair (level)`` for every exact pair beyond its tolerance."""
+    return [f"{c.pair.name} ({level})" for level, c in results if c.pair.exact and not c.passed]
+
+
 def write_report(results: list[tuple[str, Comparison]], out: Path, settings: dict) -> None:
     """Write ``report.md``, ``index.html``, ``report.json`` and per-pair images and plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
-    failed = [c.pair.name for _, c in results if c.pair.exact and not c.passed]
+    failed = failures(results)
     status = f"{len(failed)} exact pair(s) beyond tolerance: {', '.join(failed)}" if failed else \
         "every exact pair within its tolerance"
     settings_md = ", ".join(f"{k} = {v}" for k, v in settings.items())

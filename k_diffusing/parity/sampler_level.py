@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..geometry import FLOW, VE
-from ..pipelines.schedulers import brownian_noise_for, equivalent, read_schedule
+from ..pipelines.schedulers import brownian_noise_for, equivalent, known_class, read_schedule
 from ..registry import get_sampler
 from ..testing import analytic
 from .pairs import Pair
@@ -51,7 +51,7 @@ def scheduler_schedule(scheduler, steps: int):
 
 
 def _flow(scheduler) -> bool:
-    return type(scheduler).__name__.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas", False)
+    return known_class(scheduler).startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas", False)
 
 
 # The sigma of a two-stage scheduler's second model call, as its own scale_model_input reads it.
@@ -70,7 +70,7 @@ def _call_sigma(s, i: int, t) -> float:
         return math.sqrt((1 - acp) / acp)
     j = i if getattr(s, "step_index", None) is None else s.step_index
     if not getattr(s, "state_in_first_order", True):
-        return float(_SECOND_STAGE.get(type(s).__name__, lambda s, j: s.sigmas[j])(s, j))
+        return float(_SECOND_STAGE.get(known_class(s), lambda s, j: s.sigmas[j])(s, j))
     return float(s.sigmas[j])
 
 
@@ -152,10 +152,13 @@ def _trace(label: str, sampler, model, x, sigmas, **kwargs) -> Trace:
     return Trace(label, [float(s) for s in sigmas], step_sigmas, logged.sigmas, logged.states, None)
 
 
-def trace_sampler_level(pair: Pair, steps: int, seed: int, shape=(2, 4, 16, 16)) -> tuple[Trace, Trace]:
-    """Both sides of ``pair`` on the analytic N(0.5, 1.5^2) denoiser (VE for SDXL pairs, flow for FLUX pairs) from
-    the same noise and generator seed; ``timesteps`` in the traces are the sigmas of each step's first call."""
-    scheduler = scheduler_for(pair)
+def trace_sampler_level(pair: Pair, steps: int, seed: int, shape=(2, 4, 16, 16), scheduler=None
+                        ) -> tuple[Trace, Trace]:
+    """Both sides of ``pair`` on the analytic N(0.5, 1.5^2) denoiser (VE, or flow for flow schedulers) from the
+    same noise and generator seed; ``timesteps`` in the traces are the sigmas of each step's first call.
+    ``scheduler``: an instance to test instead of :func:`scheduler_for` (a port in progress: a subclass of the
+    diffusers scheduler it replaces)."""
+    scheduler = scheduler_for(pair) if scheduler is None else scheduler
     model = analytic.gaussian(geometry=FLOW if _flow(scheduler) else VE)
     sigmas, scale = scheduler_schedule(scheduler, steps)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32) * scale

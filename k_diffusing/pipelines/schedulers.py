@@ -92,15 +92,22 @@ _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDis
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"}
 
 
+def known_class(scheduler) -> str:
+    """The name of ``scheduler``'s class or, for a subclass (a port in progress, a patched scheduler), of its nearest
+    base class with a k-sampler equivalent; its own class name when there is none."""
+    return next((c.__name__ for c in type(scheduler).__mro__ if c.__name__ in _EQUIVALENTS), type(scheduler).__name__)
+
+
 def equivalent(scheduler) -> Equivalent:
-    """The k-sampler equivalent to ``scheduler``; ValueError for a scheduler without one."""
-    name = type(scheduler).__name__
-    if name not in _EQUIVALENTS:
+    """The k-sampler equivalent to ``scheduler`` (or to its nearest known base class, :func:`known_class`);
+    ValueError for a scheduler without one."""
+    known = known_class(scheduler)
+    if known not in _EQUIVALENTS:
         raise ValueError(
-            f"{name} has no k-sampler equivalent; pass sampler= explicitly. Schedulers with one: "
-            f"{', '.join(sorted(_EQUIVALENTS))}"
+            f"{type(scheduler).__name__} has no k-sampler equivalent; pass sampler= explicitly. Schedulers with "
+            f"one (or their subclasses): {', '.join(sorted(_EQUIVALENTS))}"
         )
-    return _EQUIVALENTS[name](scheduler.config)
+    return _EQUIVALENTS[known](scheduler.config)
 
 
 @dataclass
@@ -139,7 +146,7 @@ def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas
 def read_schedule(scheduler) -> SchedulerSigmas:
     """The schedule of a scheduler whose ``set_timesteps`` has run (a fresh copy, or a pipeline's scheduler after a
     run): main sigmas, (sigma, timestep) pairs and initial noise scale."""
-    name = type(scheduler).__name__
+    name = known_class(scheduler)
     ts = scheduler.timesteps.to(torch.float32).cpu()
     if getattr(scheduler, "sigmas", None) is not None:
         table = scheduler.sigmas.to(torch.float32).cpu()
@@ -160,7 +167,7 @@ def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor):
     """DPMSolverSDEScheduler's own Brownian noise (a tree over its sigma range seeded by ``noise_sampler_seed``),
     or None when the scheduler is not one or has no fixed seed."""
     seed = getattr(scheduler.config, "noise_sampler_seed", None)
-    if type(scheduler).__name__ != "DPMSolverSDEScheduler" or seed is None:
+    if known_class(scheduler) != "DPMSolverSDEScheduler" or seed is None:
         return None
     positive = sigmas[sigmas > 0]
     return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed)

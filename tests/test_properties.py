@@ -8,7 +8,9 @@ the module docstring promises it), positive before a final exact 0, inside the r
 
 Samplers: every catalogue sampler gives finite output of the input's shape and dtype, the same bits on a repeated
 run with the same generators, leaves torch's global RNG alone when given generators, and is batch invariant:
-item ``i`` of a batch made with per-item generators ``[g_0, ..., g_{B-1}]`` equals the item made alone with ``g_i``.
+item ``i`` of a batch made with per-item generators ``[g_0, ..., g_{B-1}]`` equals the item made alone with ``[g_i]``,
+which equals the item made alone with the single generator ``g_i`` (the clarifications: "a list of one generator
+must give the same result").
 README ("Noise and batch invariance") says "equals" and states no tolerance, so this checks bit equality
 (``torch.equal``); the analytic denoiser is elementwise and the samplers' coefficients are Python floats, so nothing
 but the generators may couple the batch items.
@@ -272,26 +274,42 @@ def noise_kwargs(spec, seeds):
     return {"generator": [torch.Generator().manual_seed(s) for s in seeds]}
 
 
+def draw_knobs(draw, spec):
+    """The noise knobs a sampler accepts, at their default or a random value: eta in [0, 1], s_churn in [0, 10]
+    (makes the Euler / Heun / DPM2 family stochastic), s_noise in [0.5, 1.5]."""
+    knobs = {}
+    ranges = {"eta": (0.0, 1.0), "s_churn": (0.0, 10.0), "s_noise": (0.5, 1.5)}
+    for key, (lo, hi) in ranges.items():
+        if key in spec.options and draw(st.booleans(), label=f"set {key}"):
+            knobs[key] = draw(st.floats(lo, hi), label=key)
+    return knobs
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
-@settings(PROPERTY, max_examples=6)
-@given(case=sampler_cases())
-def test_sampler_properties(name, case):
+@settings(PROPERTY, max_examples=15)
+@given(case=sampler_cases(), data=st.data())
+def test_sampler_properties(name, case, data):
     spec = SPECS[name]
     geometry, sigmas, batch, width, dtype, seeds = case
+    knobs = draw_knobs(data.draw, spec)
     model = gaussian(geometry=geometry)
     x = initial_noise(model, float(sigmas[0]), (batch, width), torch.Generator().manual_seed(seeds[-1])).to(dtype)
 
     rng_before = torch.get_rng_state()
-    out = spec(model, x, sigmas, disable=True, **noise_kwargs(spec, seeds[:batch]))
+    out = spec(model, x, sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[:batch]))
     assert torch.equal(torch.get_rng_state(), rng_before), "a run with generators must not touch the global RNG"
     assert out.shape == x.shape and out.dtype == dtype
     assert torch.isfinite(out).all(), out
 
-    again = spec(model, x, sigmas, disable=True, **noise_kwargs(spec, seeds[:batch]))
+    again = spec(model, x, sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[:batch]))
     assert torch.equal(again, out), "same inputs and generators must give the same bits"
 
     if name in BATCH_COUPLED:
         return
     for i in range(batch):
-        alone = spec(model, x[i : i + 1], sigmas, disable=True, **noise_kwargs(spec, seeds[i : i + 1]))
+        alone = spec(model, x[i : i + 1], sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[i : i + 1]))
         assert torch.equal(alone, out[i : i + 1]), (i, (alone.double() - out[i : i + 1].double()).abs().max())
+        if i == 0 and "generator" in spec.options:  # clarifications: a list of one generator is that generator
+            single = spec(model, x[:1], sigmas, disable=True, **knobs,
+                          generator=torch.Generator().manual_seed(seeds[0]))
+            assert torch.equal(single, alone)

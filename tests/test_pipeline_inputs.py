@@ -1,9 +1,15 @@
-"""Bad schedule input to the pipelines is refused before any model call, with a message naming it."""
+"""Bad input to the pipelines is refused before any model call, with a message naming it; the opt-in NaN/inf check
+names the step; ``interrupt`` stops within one step and returns what was made."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 
+import k_diffusing.sampling as sampling
 from k_diffusing import KFluxPipeline, KSDXLPipeline
+from k_diffusing.geometry import FLOW, VE
 from k_diffusing.testing.tiny import tiny_sdxl_pipeline
 from k_diffusing.testing.tiny_flux import tiny_flux_pipeline
 
@@ -34,6 +40,16 @@ def _no_model_calls(pipe, monkeypatch):
         ({"sigmas": [0.9, float("nan")], "sampler": "euler"}, "must be finite"),
         ({"sampler": "euler", "sampler_kwargs": {"etta": 1.0}}, "does not take option"),
         ({"sampler": "euler_ancestrl"}, "Did you mean 'euler_ancestral'"),
+        ({"sampler": "euler_ancestrl"}, r"Valid samplers: .*euler_ancestral"),
+        ({"sigma_schedule": "karas"}, r"unknown schedule 'karas'. Did you mean 'karras'\? Valid schedules: .*simple"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be >= 1 \(the number of sampler steps\), got 0"),
+        ({"num_inference_steps": -3, "sigma_schedule": "karras"}, "num_inference_steps must be >= 1"),
+        ({"sigmas": [0.9, 0.5, -0.1], "sampler": "euler"}, r"sigmas must be >= 0, got \[0\.9.*, -0\.1"),
+        ({"sigmas": [0.9, float("inf")], "sampler": "euler"}, "must be finite"),
+        ({"sigmas": [[0.9, 0.5], [0.3, 0.0]], "sampler": "euler"}, r"sigmas must be a 1-D sequence .* got shape \(2, 2\)"),
+        ({"sampler": "euler", "sampler_kwargs": {"eta": 1.0}}, r"sampler 'euler' does not take option\(s\) \['eta'\]"),
+        ({"sampler": "dpmpp_2m", "sampler_kwargs": {"s_noise": 1.0}}, r"Its options: "),
+        ({"sampler": "euler", "sigma_schedule": "vp"}, r"sigma_schedule='vp' starts at sigma 15\d\.\d+, above"),
     ],
 )
 def test_bad_schedule_input_is_refused(pipes, which, kwargs, message, monkeypatch):
@@ -41,3 +57,140 @@ def test_bad_schedule_input_is_refused(pipes, which, kwargs, message, monkeypatc
     _no_model_calls(pipe, monkeypatch)
     with pytest.raises(ValueError, match=message):
         pipe(**call, **kwargs, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+@pytest.mark.parametrize("steps", [2.5, "4", True])
+def test_non_integer_steps_are_a_type_error(pipes, which, steps, monkeypatch):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    _no_model_calls(pipe, monkeypatch)
+    with pytest.raises(TypeError, match="num_inference_steps must be an int"):
+        pipe(**call, num_inference_steps=steps)
+
+
+def test_a_schedule_the_geometry_cannot_use_is_refused(pipes, monkeypatch):
+    """Flow has no sigma above 1 (vp, custom sigmas; align_your_steps has no flow table); SDXL's UNet knows no
+    noise level above the top of its table (vp)."""
+    sdxl, flux = pipes
+    for pipe in pipes:
+        _no_model_calls(pipe, monkeypatch)
+    with pytest.raises(ValueError, match=r"above 14.61\d*, the largest noise level of the UNet's sigma table"):
+        sdxl(**SDXL, sigma_schedule="vp")
+    with pytest.raises(ValueError, match=r"above 1, the largest noise level of a flow model"):
+        flux(**FLUX, sigma_schedule="vp")
+    with pytest.raises(ValueError, match="align_your_steps has no published table for flow models"):
+        flux(**FLUX, sigma_schedule="align_your_steps")
+    with pytest.raises(ValueError, match=r"sigmas must lie in \[0, 1\] for a model in flow geometry, got 1.5"):
+        flux(**FLUX, sampler="euler", sigmas=[1.5, 0.5])
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+def test_bad_latents_are_refused(pipes, which, monkeypatch):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    _no_model_calls(pipe, monkeypatch)
+    good = _latent_shape(pipe)
+    wrong = (good[0] + 1,) + good[1:]
+    with pytest.raises(ValueError, match=rf"latents have shape {re.escape(str(wrong))}, this call needs "
+                                         rf"{re.escape(str(good))} \(images, "):
+        pipe(**call, latents=torch.zeros(wrong))
+    with pytest.raises(TypeError, match=r"latents must have a floating dtype .* got torch.int64"):
+        pipe(**call, latents=torch.zeros(good, dtype=torch.int64))
+    with pytest.raises(TypeError, match="latents must be a torch.Tensor, got ndarray"):
+        pipe(**call, latents=np.zeros(good, dtype=np.float32))
+
+
+def _latent_shape(pipe) -> tuple[int, ...]:
+    if hasattr(pipe, "unet"):
+        return (1, pipe.unet.config.in_channels, 32 // pipe.vae_scale_factor, 32 // pipe.vae_scale_factor)
+    side = 32 // (pipe.vae_scale_factor * 2)
+    return (1, side * side, pipe.transformer.config.in_channels)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+def test_float_latents_of_any_width_are_accepted(pipes, which):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    z = torch.randn(_latent_shape(pipe), generator=torch.Generator().manual_seed(0))
+    outs = [pipe(**call, num_inference_steps=2, latents=z.to(dtype)).images.float() for dtype in
+            (torch.float32, torch.float64, torch.bfloat16)]
+    assert (outs[0] - outs[1]).abs().max() == 0.0
+    assert (outs[0] - outs[2]).abs().max() < 0.1  # bf16 rounding of the noise only
+
+
+def _nan_from_call(pipe, monkeypatch, first_bad: int) -> list[int]:
+    """The network returns NaN from its ``first_bad``-th call (counting from 1); returns the call counter."""
+    network = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    forward, calls = network.forward, [0]
+
+    def poisoned(*args, **kwargs):
+        calls[0] += 1
+        out = forward(*args, **kwargs)
+        return (out[0] * float("nan"),) + tuple(out[1:]) if calls[0] >= first_bad else out
+
+    monkeypatch.setattr(network, "forward", poisoned)
+    return calls
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+def test_check_finite_names_the_step_and_sigma(pipes, which, monkeypatch):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    calls = _nan_from_call(pipe, monkeypatch, first_bad=3)
+    with pytest.raises(FloatingPointError) as error:
+        pipe(**call, num_inference_steps=5, sampler="euler", sigma_schedule="karras", check_finite=True)
+    s = pipe.k_sigmas.tolist()
+    assert calls[0] == 3  # stopped at the end of the step whose model call went bad
+    assert f"NaN/inf after sampler step 2 (sigma {s[2]:.6g} -> {s[3]:.6g})" in str(error.value)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+def test_without_check_finite_nan_runs_to_the_end(pipes, which, monkeypatch):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    calls = _nan_from_call(pipe, monkeypatch, first_bad=3)
+    out = pipe(**call, num_inference_steps=5, sampler="euler", sigma_schedule="karras").images
+    assert calls[0] == 5 and torch.isnan(out).all()
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+@pytest.mark.parametrize("sampler,calls_by_step_2", [("euler", 3), ("heun", 6)])
+def test_interrupt_stops_within_one_step_and_returns_the_latents(pipes, which, sampler, calls_by_step_2,
+                                                                monkeypatch):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    calls = _nan_from_call(pipe, monkeypatch, first_bad=10**9)  # a call counter only
+
+    def stop_at_2(p, i, t, kwargs):
+        if i == 2:
+            p._interrupt = True
+        return {}
+
+    out = pipe(**call, num_inference_steps=6, sampler=sampler, callback_on_step_end=stop_at_2).images
+    assert calls[0] == calls_by_step_2  # steps 0, 1, 2 and no call of step 3
+    assert out.shape == _latent_shape(pipe) and torch.isfinite(out).all()
+
+
+class _Flow:
+    geometry = FLOW
+
+    def __call__(self, x, sigma):
+        return x * 0
+
+
+@pytest.mark.parametrize(
+    "model,sigmas,message",
+    [
+        (lambda x, s: x * 0, [1.0, 2.0, 0.0], r"sigmas must descend \(non-increasing, ending at or above 0\), got"),
+        (lambda x, s: x * 0, [1.0, float("nan"), 0.0], r"sigmas must be finite \(no NaN/inf\), got \[1.0, nan"),
+        (lambda x, s: x * 0, [1.0, 0.5, -0.25], r"sigmas must be >= 0, got \[1.0, 0.5, -0.25\]"),
+        (_Flow(), [1.5, 0.5, 0.0], r"sigmas must lie in \[0, 1\] for a model in flow geometry, got 1.5"),
+    ],
+)
+@pytest.mark.parametrize("sampler", ["sample_euler", "sample_dpmpp_2m_sde", "sample_uni_pc"])
+def test_functional_samplers_refuse_bad_sigmas(model, sigmas, message, sampler):
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(1)
+        return model(x, sigma)
+
+    counted.geometry = getattr(model, "geometry", None) or VE
+    with pytest.raises(ValueError, match=message):
+        getattr(sampling, sampler)(counted, torch.zeros(1, 2), torch.tensor(sigmas, dtype=torch.float64))
+    assert not calls

@@ -22,8 +22,10 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
 from ..denoisers import FlowDenoiser
+from ..geometry import FLOW
 from ..schedules import flow_sigma_table, get_sigmas
-from .common import SavesAsParent, pick_sampler, run_sampler
+from .common import (SavesAsParent, check_latents, check_schedule_fits, check_sigmas, check_steps, pick_sampler,
+                     run_sampler)
 from .schedulers import scheduler_sigmas
 
 
@@ -75,6 +77,7 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         sampler: str | Callable | None = None,
         sigma_schedule: str | None = None,
         sampler_kwargs: dict[str, Any] | None = None,
+        check_finite: bool = False,
     ):
         r"""The parent's ``__call__`` (same arguments, same meaning) with a k-sampler as the denoising loop.
 
@@ -86,11 +89,22 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
                 (``simple`` equals the parent's default spacing; ``karras``, ``exponential``, ``beta``,
                 ``kl_optimal`` ... as ComfyUI applies them to FLUX). ``None``: the scheduler's own (shifted) sigmas.
             sampler_kwargs: the sampler's options; unknown ones raise.
+            check_finite: after every sampler step, stop with a ``FloatingPointError`` naming the step and its
+                sigmas if the latents hold NaN/inf. Off by default: the check reads a tensor back to the host, one
+                device sync per step on an accelerator.
 
         ``latents`` are packed unit noise used as the state at the first sigma (1 on every built-in schedule), as in
         the parent. ``generator`` draws the initial noise and then the sampler's per-step noise.
         ``callback_on_step_end`` is called once per sampler step; the progress bar counts model calls (two per call
         of the network pair when true CFG is on count as one).
+
+        Refused before any model call (text encoders included), with a message naming the value and what is
+        accepted: an unknown sampler or schedule name (closest valid one suggested), sampler options the sampler does
+        not take, ``num_inference_steps`` that is not an int >= 1, ``sigmas`` that are not a finite non-increasing 1-D
+        sequence ending at or above 0, any sigma above 1 after the shift (the flow geometry has none; e.g.
+        ``sigma_schedule="vp"``, or ``align_your_steps``, which has no flow table), and ``latents`` that are not a
+        floating-point tensor of the packed shape ``(batch * num_images_per_prompt, (height / 16) * (width / 16),
+        in_channels)`` (any float dtype, cast as the parent casts it).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -111,11 +125,41 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         # 1. The sampler (before any model runs, so bad input fails fast).
         if sigmas is not None and sigma_schedule is not None:
             raise ValueError(f"`sigmas` and sigma_schedule={sigma_schedule!r} both choose the schedule; pass one")
+        if sigmas is not None:
+            check_sigmas(sigmas, FLOW)
         function, spec, schedule, sampler_kwargs = pick_sampler(self.scheduler, sampler, sigma_schedule,
                                                                 sampler_kwargs)
 
-        # 2. Prompts (the parent's encode_prompt; a second set for true CFG).
+        # 2. Sigmas: the parent's shifted ones, or a catalogue schedule over the shifted flow table. The shift ``mu``
+        # depends on the packed sequence length, known from height and width (prepare_latents' rounding).
+        num_inference_steps = check_steps(num_inference_steps)
+        latent_height = 2 * (int(height) // (self.vae_scale_factor * 2))
+        latent_width = 2 * (int(width) // (self.vae_scale_factor * 2))
+        seq_len = (latent_height // 2) * (latent_width // 2)
+        mu = calculate_shift(
+            seq_len, self.scheduler.config.get("base_image_seq_len", 256),
+            self.scheduler.config.get("max_image_seq_len", 4096), self.scheduler.config.get("base_shift", 0.5),
+            self.scheduler.config.get("max_shift", 1.15),
+        )
+        known = None
+        if sigmas is None and schedule is not None:
+            table = flow_sigma_table(flow_shift(self.scheduler, mu), self.scheduler.config.num_train_timesteps)
+            k_sigmas = get_sigmas(schedule, num_inference_steps, sigma_table=table)
+            check_schedule_fits(k_sigmas, schedule, FLOW.sigma_max, "a flow model (x = (1 - sigma) x0 + sigma eps)")
+        else:
+            parent_sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
+            takes_sigmas = "sigmas" in inspect.signature(self.scheduler.set_timesteps).parameters
+            if self.scheduler.config.get("use_flow_sigmas", False) or (sigmas is None and not takes_sigmas):
+                parent_sigmas = None  # flow-sigma DPM/UniPC, and FlowMatchHeun (which FluxPipeline cannot drive)
+            own = scheduler_sigmas(self.scheduler, num_inference_steps, None, parent_sigmas, mu)
+            k_sigmas, known = own.sigmas, own.known
+        check_sigmas(k_sigmas, FLOW)
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        n_images = batch_size * num_images_per_prompt
+        check_latents(latents, (n_images, seq_len, self.transformer.config.in_channels),
+                      "images, (height / 16) * (width / 16) packed patches, transformer in_channels")
+
+        # 3. Prompts (the parent's encode_prompt; a second set for true CFG).
         device = self._execution_device
         lora_scale = self._joint_attention_kwargs.get("scale", None)
         has_neg_prompt = negative_prompt is not None or (
@@ -135,30 +179,11 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
                 lora_scale=lora_scale,
             )
 
-        # 3. Packed latents and image ids (the parent's prepare_latents: unit noise, unscaled).
-        n_images = batch_size * num_images_per_prompt
+        # 4. Packed latents and image ids (the parent's prepare_latents: unit noise, unscaled).
         latents, latent_image_ids = self.prepare_latents(
             n_images, self.transformer.config.in_channels // 4, height, width, prompt_embeds.dtype, device,
             generator, latents,
         )
-
-        # 4. Sigmas: the parent's shifted ones, or a catalogue schedule over the shifted flow table.
-        mu = calculate_shift(
-            latents.shape[1], self.scheduler.config.get("base_image_seq_len", 256),
-            self.scheduler.config.get("max_image_seq_len", 4096), self.scheduler.config.get("base_shift", 0.5),
-            self.scheduler.config.get("max_shift", 1.15),
-        )
-        known = None
-        if sigmas is None and schedule is not None:
-            table = flow_sigma_table(flow_shift(self.scheduler, mu), self.scheduler.config.num_train_timesteps)
-            k_sigmas = get_sigmas(schedule, num_inference_steps, sigma_table=table)
-        else:
-            parent_sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
-            takes_sigmas = "sigmas" in inspect.signature(self.scheduler.set_timesteps).parameters
-            if self.scheduler.config.get("use_flow_sigmas", False) or (sigmas is None and not takes_sigmas):
-                parent_sigmas = None  # flow-sigma DPM/UniPC, and FlowMatchHeun (which FluxPipeline cannot drive)
-            own = scheduler_sigmas(self.scheduler, num_inference_steps, None, parent_sigmas, mu)
-            k_sigmas, known = own.sigmas, own.known
 
         # 5. The bridge: the transformer (and its negative twin for true CFG) as a flow denoiser.
         guidance = None
@@ -206,7 +231,8 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
 
         # 6. Sample from the packed noise (the state at sigma_0, which is 1 on the built-in schedules).
         x, _ = run_sampler(self, function, spec, bridge, k_sigmas, latents.to(torch.float32), generator,
-                           sampler_kwargs, state, callback_on_step_end, callback_on_step_end_tensor_inputs)
+                           sampler_kwargs, state, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                           check_finite)
         self._current_timestep = None
         return self._decode(x.to(latents.dtype), height, width, output_type, return_dict)
 

@@ -21,7 +21,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..denoisers import DiscreteDenoiser, sigmas_from_alphas_cumprod
 from ..schedules import get_sigmas
-from .common import SavesAsParent, pick_sampler, run_sampler
+from ..geometry import VE
+from .common import (SavesAsParent, check_latents, check_schedule_fits, check_sigmas, check_steps, pick_sampler,
+                     run_sampler)
 from .schedulers import brownian_noise_for, scheduler_sigmas
 
 
@@ -76,6 +78,7 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
         sigma_schedule: str | None = None,
         sampler_kwargs: dict[str, Any] | None = None,
         quantize_timesteps: bool = False,
+        check_finite: bool = False,
         **kwargs,
     ):
         r"""The parent's ``__call__`` (same arguments, same meaning) with a k-sampler as the denoising loop.
@@ -90,6 +93,17 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
             sampler_kwargs: the sampler's options (``eta``, ``s_noise``, ``order``, ...); unknown ones raise.
             quantize_timesteps: feed the UNet the nearest integer timestep (ComfyUI) instead of the continuous one
                 (k-diffusion, A1111).
+            check_finite: after every sampler step, stop with a ``FloatingPointError`` naming the step and its
+                sigmas if the latents hold NaN/inf. Off by default: the check reads a tensor back to the host, one
+                device sync per step on an accelerator.
+
+        Refused before any model call, with a message naming the value and what is accepted: an unknown sampler or
+        schedule name (closest valid one suggested), sampler options the sampler does not take,
+        ``num_inference_steps`` that is not an int >= 1, ``sigmas`` that are not a finite non-increasing 1-D sequence
+        ending at or above 0, a ``sigma_schedule`` starting above the top of the UNet's sigma table (e.g. ``vp``;
+        custom ``sigmas`` above it are fed the clamped timestep, as diffusers does), and ``latents`` that are not a
+        floating-point tensor of shape ``(batch * num_images_per_prompt, in_channels, height / 8, width / 8)`` (any
+        float dtype; they are cast to float32 for the sampler).
 
         Notes:
             ``num_inference_steps`` counts sampler steps (``n + 1`` sigmas). ``latents`` is unit-variance noise: with
@@ -137,23 +151,34 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
         # 1. The sampler and its sigmas (before any model runs, so bad input fails fast).
         if sigmas is not None and sigma_schedule is not None:
             raise ValueError(f"`sigmas` and sigma_schedule={sigma_schedule!r} both choose the schedule; pass one")
+        if sigmas is not None:
+            check_sigmas(sigmas, VE)
         function, spec, schedule, sampler_kwargs = pick_sampler(self.scheduler, sampler, sigma_schedule,
                                                                 sampler_kwargs)
         alphas_cumprod = self.scheduler.alphas_cumprod
         if timesteps is not None and schedule is not None:
             raise ValueError(f"`timesteps` and sigma_schedule={schedule!r} both choose the schedule; pass one")
+        num_inference_steps = check_steps(num_inference_steps)
         own = None  # the scheduler's own schedule, when it is the one used
         if sigmas is None and schedule is not None:
             table = sigmas_from_alphas_cumprod(alphas_cumprod.double())
             k_sigmas, known = get_sigmas(schedule, num_inference_steps, sigma_table=table), None
+            check_schedule_fits(k_sigmas, schedule, float(table[-1]), "the UNet's sigma table")
         elif sigmas is not None and sampler is not None:
             k_sigmas, known = _custom_sigmas(sigmas), None
         else:
             own = scheduler_sigmas(self.scheduler, num_inference_steps, timesteps, sigmas)
             k_sigmas, known = own.sigmas, own.known
+        check_sigmas(k_sigmas, VE)
+        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        n_images = batch_size * num_images_per_prompt
+        shape = (n_images, self.unet.config.in_channels, int(height) // self.vae_scale_factor,
+                 int(width) // self.vae_scale_factor)
+        check_latents(latents, shape, "images, UNet in_channels, height / vae_scale_factor, width / vae_scale_factor")
+        if isinstance(generator, list) and len(generator) != n_images:
+            raise ValueError(f"got {len(generator)} generators for a batch of {n_images} images; pass one per image")
 
         # 2. Prompt, micro-conditioning, IP-adapter: the parent's methods.
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         device = self._execution_device
         lora_scale = cross_attention_kwargs.get("scale", None) if cross_attention_kwargs is not None else None
         prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = (
@@ -166,7 +191,6 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
                 clip_skip=self.clip_skip,
             )
         )
-        n_images = batch_size * num_images_per_prompt
         add_text_embeds = pooled_prompt_embeds
         if self.text_encoder_2 is None:
             projection_dim = int(pooled_prompt_embeds.shape[-1])
@@ -234,10 +258,6 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
             k_sigmas = k_sigmas[: int((step_t >= cutoff).sum()) + 1]
 
         # 5. Initial latents: the parent's noise, scaled to the first sigma (see the docstring).
-        shape = (n_images, self.unet.config.in_channels, int(height) // self.vae_scale_factor,
-                 int(width) // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != n_images:
-            raise ValueError(f"got {len(generator)} generators for a batch of {n_images} images; pass one per image")
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         else:
@@ -255,7 +275,7 @@ class KSDXLPipeline(SavesAsParent, StableDiffusionXLPipeline):
             if own_noise is not None:
                 sampler_kwargs["noise_sampler"] = own_noise
         x, interrupted = run_sampler(self, function, spec, bridge, k_sigmas, x, generator, sampler_kwargs, state,
-                                     callback_on_step_end, callback_on_step_end_tensor_inputs)
+                                     callback_on_step_end, callback_on_step_end_tensor_inputs, check_finite)
         if own is not None and own.vp_latents and not interrupted:  # the parent's VP latents (identity at 0)
             x = x / math.sqrt(float(k_sigmas[-1]) ** 2 + 1)
         return self._decode(x.to(prompt_embeds.dtype), output_type, return_dict)

@@ -7,6 +7,7 @@ accelerator); after that every coefficient is a Python float, and the loop never
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterator
 
 import torch
@@ -36,6 +37,26 @@ def sigmas_to_list(sigmas) -> list[float]:
     return values
 
 
+# Relative slack on a geometry's largest sigma (a shifted flow table's 1 may round to 1 + 2e-16).
+SIGMA_MAX_SLACK = 1e-6
+
+
+def check_schedule(values: list[float], geometry: Geometry, descending: bool = True) -> None:
+    """Refuse a schedule the sampler cannot walk: NaN/inf, a negative sigma, a sigma above the geometry's largest
+    (flow: 1), or (with ``descending``) a rise. Runs on the host list, so it costs no device sync."""
+    if not all(math.isfinite(s) for s in values):
+        raise ValueError(f"sigmas must be finite (no NaN/inf), got {values}")
+    if min(values) < 0:
+        raise ValueError(f"sigmas must be >= 0, got {values}")
+    if max(values) > geometry.sigma_max * (1 + SIGMA_MAX_SLACK):
+        raise ValueError(
+            f"sigmas must lie in [0, {geometry.sigma_max:g}] for a model in {geometry.name} geometry, got "
+            f"{max(values)!r} in {values}"
+        )
+    if descending and any(b > a for a, b in zip(values, values[1:])):
+        raise ValueError(f"sigmas must descend (non-increasing, ending at or above 0), got {values}")
+
+
 class SamplerRun:
     """One call of a sampler: ``run.denoise(x, sigma)``, ``run.noise(sigma, sigma_next)``, ``run.report(...)``.
 
@@ -47,6 +68,7 @@ class SamplerRun:
         generator: one ``torch.Generator`` or one per batch item, for the default noise.
         brownian: default noise is a Brownian tree over the sigmas' positive range (k-diffusion's SDE samplers)
             instead of independent Gaussian draws. The tree is built on first use, so deterministic runs never pay.
+        descending: refuse sigmas that rise (off only for dpm_fast / dpm_adaptive, which integrate either way).
     """
 
     def __init__(
@@ -60,10 +82,12 @@ class SamplerRun:
         noise_sampler: NoiseSampler | None = None,
         generator: GeneratorArg = None,
         brownian: bool = False,
+        descending: bool = True,
     ):
         self.model = model
         self.geometry: Geometry = geometry_of(model)
         self.sigmas = sigmas_to_list(sigmas)
+        check_schedule(self.sigmas, self.geometry, descending)
         self.extra_args = {} if extra_args is None else extra_args
         self.callback = callback
         self.disable = disable

@@ -216,7 +216,8 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
     step; stochastic only with ``eta > 0`` (ancestral, Gaussian noise). Stops at ``sigma_min`` (no step into 0),
     as k-diffusion; ``sigma_min > sigma_max`` integrates backwards (``eta = 0`` only).
     """
-    run = SamplerRun(model, x, [sigma_max, sigma_min], extra_args, callback, disable, noise_sampler, generator)
+    run = SamplerRun(model, x, [sigma_max, sigma_min], extra_args, callback, disable, noise_sampler, generator,
+                     descending=False)
     lam_start, lam_end = _budget_lambdas(run.geometry, run.sigmas[1], run.sigmas[0], eta)
     with tqdm(total=n, disable=disable) as pbar:
         x = _fast(_Solver(run, pbar, eta, s_noise), run.x, lam_start, lam_end, n)
@@ -236,7 +237,8 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
     Stops at ``sigma_min`` (no step into 0). The callback gets ``error``, ``h`` and ``accept`` with every attempt.
     With ``return_info`` returns ``(x, {'steps', 'nfe', 'n_accept', 'n_reject'})``.
     """
-    run = SamplerRun(model, x, [sigma_max, sigma_min], extra_args, callback, disable, noise_sampler, generator)
+    run = SamplerRun(model, x, [sigma_max, sigma_min], extra_args, callback, disable, noise_sampler, generator,
+                     descending=False)
     lam_start, lam_end = _budget_lambdas(run.geometry, run.sigmas[1], run.sigmas[0], eta)
     with tqdm(disable=disable) as pbar:
         x, info = _adaptive(_Solver(run, pbar, eta, s_noise), run.x, lam_start, lam_end, order, rtol, atol, h_init,

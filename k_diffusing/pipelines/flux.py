@@ -104,7 +104,7 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         sequence ending at or above 0, any sigma above 1 after the shift (the flow geometry has none; e.g.
         ``sigma_schedule="vp"``, or ``align_your_steps``, which has no flow table), and ``latents`` that are not a
         floating-point tensor of the packed shape ``(batch * num_images_per_prompt, (height / 16) * (width / 16),
-        in_channels)`` (any float dtype, cast as the parent casts it).
+        in_channels)`` (16 = 2 x FLUX's vae_scale_factor; any float dtype, cast as the parent casts it).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -157,7 +157,8 @@ class KFluxPipeline(SavesAsParent, FluxPipeline):
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         n_images = batch_size * num_images_per_prompt
         check_latents(latents, (n_images, seq_len, self.transformer.config.in_channels),
-                      "images, (height / 16) * (width / 16) packed patches, transformer in_channels")
+                      "images, packed 2x2 patches: (height / (2 vae_scale_factor)) * (width / (2 vae_scale_factor)), "
+                      "transformer in_channels")
 
         # 3. Prompts (the parent's encode_prompt; a second set for true CFG).
         device = self._execution_device

@@ -94,7 +94,7 @@ def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]
 
             def ours():
                 kwargs = {"generator": torch.Generator(device).manual_seed(0)} if noise else {}
-                spec(zero_cost, x, sigmas.to(device), disable=True, **kwargs)
+                spec(zero_cost, x, sigmas, disable=True, **kwargs)  # CPU sigmas, as the pipelines pass them
 
             def theirs():
                 scheduler.set_timesteps(steps, device=device, **_mu(scheduler))
@@ -104,15 +104,20 @@ def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]
                         scheduler.scale_model_input(sample, t)
                     sample = scheduler.step(output, t, sample).prev_sample
 
+            sync = None
             if no_sync:  # any host-device sync inside our loop raises
                 torch.cuda.set_sync_debug_mode("error")
                 try:
                     ours()
+                    sync = "none"
+                except RuntimeError as error:
+                    sync = str(error).splitlines()[0]
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             t_ours, t_theirs = (_median_seconds(f, device, repeats) / steps for f in (ours, theirs))
             rows.append({"sampler": sampler, "size": size, "scheduler": f"{sched_name}({_short(sched_config)})",
-                         "ours_us": 1e6 * t_ours, "diffusers_us": 1e6 * t_theirs, "ratio": t_ours / t_theirs})
+                         "ours_us": 1e6 * t_ours, "diffusers_us": 1e6 * t_theirs, "ratio": t_ours / t_theirs,
+                         "host_sync": sync})
             print(f"overhead {sampler:14s} {size}: ours {1e6 * t_ours:8.1f} us/step, diffusers "
                   f"{1e6 * t_theirs:8.1f} us/step, ratio {t_ours / t_theirs:.2f}", file=sys.stderr, flush=True)
     return rows
@@ -246,6 +251,35 @@ def _calls(sampler, model, x, sigmas, **kwargs) -> int:
     return len(count)
 
 
+# --- 4. (GPU) torch.compile of the network under the bridge -------------------------------------------------------
+
+def compiled(device: str, steps: int) -> list[dict]:
+    """Section 4: the embedded pipelines with ``torch.compile``d networks, against eager: same latents within
+    float32 kernel differences, and the time of a warm run."""
+    from k_diffusing.gallery import DEFAULT_PROMPTS, load_pipeline, pipeline_options
+
+    rows = []
+    for kind in ("sdxl", "flux"):
+        pipe = load_pipeline(kind, f"embedded:{kind}", device, torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        options = {**pipeline_options(kind, pipe, steps), "prompt": DEFAULT_PROMPTS[0], "output_type": "latent"}
+
+        def run():
+            return pipe(generator=torch.Generator(device).manual_seed(0), **options).images
+
+        eager = run()
+        t_eager = _median_seconds(run, device, 5)
+        name = "unet" if kind == "sdxl" else "transformer"
+        setattr(pipe, name, torch.compile(getattr(pipe, name)))
+        out = run()  # compiles
+        t_compiled = _median_seconds(run, device, 5)
+        rows.append({"kind": kind, "max_abs_diff": float((out - eager).abs().max()), "eager_s": t_eager,
+                     "compiled_s": t_compiled})
+        print(f"compile {kind}: max diff {rows[-1]['max_abs_diff']:.2e}, eager {t_eager:.3f} s, compiled "
+              f"{t_compiled:.3f} s", file=sys.stderr, flush=True)
+    return rows
+
+
 # --- report --------------------------------------------------------------------------------------------------------
 
 def machine(device: str) -> str:
@@ -287,7 +321,18 @@ def markdown(results: dict) -> str:
     for (sampler, name), cells in by.items():
         lines.append(f"| {sampler} | {name} | " + " | ".join(
             f"{cells[c]['ours_error']:.1e} / {cells[c]['diffusers_error']:.1e}" for c in CALLS) + " |")
-    lines += ["", "Each cell: ours / diffusers. ![accuracy](accuracy.svg)"]
+    plot = "accuracy_cuda.svg" if results["device"].startswith("cuda") else "accuracy.svg"
+    lines += ["", f"Each cell: ours / diffusers. ![accuracy]({plot})"]
+    if results.get("compiled"):
+        lines += ["", "## 4. torch.compile of the network (K pipelines)", "",
+                  "| model | max abs latent difference to eager | eager (s) | compiled (s) |", "|---|---|---|---|"]
+        lines += [f"| {r['kind']} | {r['max_abs_diff']:.1e} | {r['eager_s']:.3f} | {r['compiled_s']:.3f} |"
+                  for r in results["compiled"]]
+    if results["device"].startswith("cuda"):
+        synced = [f"{r['sampler']} ({r['size']}): {r['host_sync']}" for r in results["overhead"]
+                  if r["host_sync"] != "none"]
+        lines += ["", "Section 1 ran every sampler loop of ours once under `torch.cuda.set_sync_debug_mode(\"error\")`: "
+                  + ("no host-device sync." if not synced else "syncs in " + "; ".join(synced))]
     return "\n".join(lines) + "\n"
 
 
@@ -321,11 +366,13 @@ def main(argv=None) -> int:
     if not args.skip_pipeline:
         results["pipeline"] = pipeline(args.device, args.pipeline_steps, args.repeats, args.rounds)
     results["accuracy"] = accuracy()
+    if cuda:
+        results["compiled"] = compiled(args.device, args.pipeline_steps)
     name = "RESULTS" if not cuda else "RESULTS_cuda"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results))
-    (args.out / "accuracy.svg").write_text(accuracy_svg(results["accuracy"]))
+    (args.out / f"accuracy{'_cuda' if cuda else ''}.svg").write_text(accuracy_svg(results["accuracy"]))
     print(markdown(results))
     return 0
 

@@ -221,7 +221,8 @@ def run_sampler(pipe, function, spec: SamplerSpec | None, bridge, sigmas: torch.
         model = PipelineDenoiser(pipe, bridge, sigmas.tolist(), progress, state, callback, tensor_inputs,
                                  check_finite)
         try:
-            return function(model, x, sigmas.to(x.device), disable=True, **kwargs), False
+            # CPU sigmas: the samplers read them as host floats, so no device copy or sync is needed
+            return function(model, x, sigmas, disable=True, **kwargs), False
         except Interrupted as stop:
             return stop.latents, True
         finally:

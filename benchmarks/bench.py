@@ -7,8 +7,8 @@
    scheduler's ``scale_model_input`` + ``step`` loop, at SDXL latent size (1x4x128x128) and FLUX packed size
    (1x4096x64); median of repeated runs; ratio ours / diffusers.
 2. A full pipeline run on the embedded models, K pipeline against its diffusers parent with the same scheduler and
-   model calls: wall time (median of interleaved runs) and peak memory (CPU: each side in a fresh subprocess, its
-   peak resident set; GPU: ``torch.cuda.max_memory_allocated``).
+   model calls, each side in fresh processes: wall time (median of interleaved runs) and peak memory during the timed
+   runs (CPU: peak resident set, reset before them; GPU: ``torch.cuda.max_memory_allocated``).
 3. Accuracy per model call on the analytic Gaussian-mixture denoiser (exact solution by DOP853): max error of each
    sampler at 5, 10, 20, 40 calls, and of the matching diffusers scheduler driven as a k-sampler
    (:func:`k_diffusing.parity.scheduler_sampler`) on the same sigmas; a table and ``accuracy.svg``.
@@ -148,28 +148,32 @@ def run():
     pipe(generator=torch.Generator(device).manual_seed(0), **options)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+def status_kib(field):  # Linux: this process's memory, from /proc
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 run()
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+else:
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak resident set (VmHWM) to the current one
+    base = status_kib("VmRSS")
 times = []
 for _ in range(repeats):
     start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
-peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-print(json.dumps({"times": times, "cuda_peak": peak}))
+peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else status_kib("VmHWM")
+print(json.dumps({"times": times, "peak": peak, "base": base}))
 """
 
 
 def _pipeline_side(kind: str, side: str, device: str, steps: int, repeats: int) -> dict:
-    """One side in a fresh interpreter: its run times and peak memory (CPU: the child's peak resident set)."""
-    proc = subprocess.Popen([sys.executable, "-c", PIPELINE_RUN, kind, side, device, str(steps), str(repeats)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"pipeline benchmark {kind}/{side} failed (status {status})")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_bytes"] = result["cuda_peak"] if result["cuda_peak"] is not None else usage.ru_maxrss * 1024
-    return result
+    """One side in a fresh interpreter (after a warm-up run): its run times, the peak memory during the timed runs
+    (CPU: peak resident set, VmHWM reset before the runs; GPU: max_memory_allocated) and the memory before them."""
+    done = subprocess.run([sys.executable, "-c", PIPELINE_RUN, kind, side, device, str(steps), str(repeats)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pipeline benchmark {kind}/{side} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def pipeline(device: str, steps: int, repeats: int, rounds: int) -> list[dict]:
@@ -182,12 +186,14 @@ def pipeline(device: str, steps: int, repeats: int, rounds: int) -> list[dict]:
             for side, key in (("k", "ours"), ("diffusers", "diffusers")):
                 result = _pipeline_side(kind, side, device, steps, repeats)
                 sides[key] += result["times"]
-                peaks[key].append(result["peak_bytes"])
+                peaks[key].append((result["peak"], result["peak"] - result["base"]))
         t = {k: statistics.median(v) for k, v in sides.items()}
-        m = {k: max(v) for k, v in peaks.items()}
+        m = {k: max(p for p, _ in v) for k, v in peaks.items()}
+        extra = {k: max(e for _, e in v) for k, v in peaks.items()}
         rows.append({"kind": kind, "steps": steps, "ours_s": t["ours"], "diffusers_s": t["diffusers"],
                      "time_ratio": t["ours"] / t["diffusers"], "ours_peak_mb": m["ours"] / 2**20,
-                     "diffusers_peak_mb": m["diffusers"] / 2**20, "memory_ratio": m["ours"] / m["diffusers"]})
+                     "diffusers_peak_mb": m["diffusers"] / 2**20, "memory_ratio": m["ours"] / m["diffusers"],
+                     "ours_extra_mb": extra["ours"] / 2**20, "diffusers_extra_mb": extra["diffusers"] / 2**20})
         print(f"pipeline {kind}: time ratio {rows[-1]['time_ratio']:.3f}, memory ratio {rows[-1]['memory_ratio']:.3f}",
               file=sys.stderr, flush=True)
     return rows
@@ -306,11 +312,13 @@ def markdown(results: dict) -> str:
               f"{r['ratio']:.2f} |" for r in results["overhead"]]
     if results.get("pipeline"):
         lines += ["", "## 2. Full pipeline on the embedded models (K pipeline / diffusers parent)", "",
+                  f"Median of {results['repeats']} timed runs in each of {results['rounds']} interleaved fresh processes "
+                  "per side; peak memory during the timed runs, and its rise over the memory held before them.", "",
                   "| model | steps | ours (s) | diffusers (s) | time ratio | ours peak (MiB) | diffusers peak (MiB) | "
-                  "memory ratio |", "|---|---|---|---|---|---|---|---|"]
+                  "memory ratio | rise ours / diffusers (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['kind']} | {r['steps']} | {r['ours_s']:.3f} | {r['diffusers_s']:.3f} | {r['time_ratio']:.3f} | "
-                  f"{r['ours_peak_mb']:.0f} | {r['diffusers_peak_mb']:.0f} | {r['memory_ratio']:.3f} |"
-                  for r in results["pipeline"]]
+                  f"{r['ours_peak_mb']:.1f} | {r['diffusers_peak_mb']:.1f} | {r['memory_ratio']:.3f} | "
+                  f"{r['ours_extra_mb']:.1f} / {r['diffusers_extra_mb']:.1f} |" for r in results["pipeline"]]
     lines += ["", "## 3. Accuracy per model call (analytic Gaussian mixture, exact solution)", "",
               "Max |x - exact| over 256 values, float32 state, both sides on the scheduler's own 'trailing' sigmas.",
               "", "| sampler | diffusers scheduler | " + " | ".join(f"{c} calls" for c in CALLS) + " |",
@@ -361,7 +369,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     results = {"device": args.device, "command": "python benchmarks/bench.py " + " ".join(argv or sys.argv[1:]),
-               "machine": machine(args.device), "steps": args.steps, "repeats": args.repeats}
+               "machine": machine(args.device), "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds}
     results["overhead"] = overhead(args.device, args.steps, args.repeats, no_sync=cuda)
     if not args.skip_pipeline:
         results["pipeline"] = pipeline(args.device, args.pipeline_steps, args.repeats, args.rounds)

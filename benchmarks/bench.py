@@ -140,8 +140,8 @@ from k_diffusing.gallery import load_pipeline, pipeline_options, DEFAULT_PROMPTS
 kind, side, device, steps, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 pipe = load_pipeline(kind, "embedded:" + kind, device, torch.float32)
 if side == "diffusers":
-    parent = next(c for c in type(pipe).__mro__[1:] if c.__module__.startswith("diffusers."))
-    pipe = parent(**pipe.components)
+    from k_diffusing.pipelines.common import diffusers_parent
+    pipe = diffusers_parent(type(pipe))(**pipe.components)
 pipe.set_progress_bar_config(disable=True)
 options = {**pipeline_options(kind, pipe, steps), "prompt": DEFAULT_PROMPTS[0], "output_type": "latent"}
 def run():

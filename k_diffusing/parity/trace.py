@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..pipelines.common import diffusers_parent
 from ..pipelines.schedulers import equivalent, read_schedule
 from .pairs import Pair
 
@@ -127,16 +128,17 @@ def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
     callback already gives k units."""
     k_pipe = type(pipe)(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
     k_pipe.set_progress_bar_config(disable=True)
-    run = lambda opts, gens: _run(k_pipe, k_label(k_pipe.scheduler), opts, gens, lambda p, x, i, k: x,  # noqa: E731
-                                  lambda p: [float(s) for s in p.k_sigmas])
+    def run(opts, generators):
+        return _run(k_pipe, k_label(k_pipe.scheduler), opts, generators, lambda p, x, i, k: x,
+                    lambda p: [float(s) for s in p.k_sigmas])
+
     return _side(run, k_pipe, pair, options, seed)
 
 
 def trace_diffusers(pipe, pair: Pair, options: dict, seed: int) -> Trace:
     """The diffusers side: the parent pipeline class driving the pair's scheduler. Sub-step callbacks of two-stage
     schedulers (Heun, KDPM2, DPM-Solver SDE) are skipped; VP latents are brought to VE units for SDXL."""
-    parent = next(c for c in type(pipe).__mro__[1:] if c.__module__.startswith("diffusers."))
-    native = parent(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
+    native = diffusers_parent(type(pipe))(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
     native.set_progress_bar_config(disable=True)
     vp = pair.kind == "sdxl" and equivalent(native.scheduler).vp_latents
 
@@ -149,6 +151,8 @@ def trace_diffusers(pipe, pair: Pair, options: dict, seed: int) -> Trace:
         sigma = float(read_schedule(p.scheduler).sigmas[k + 1])
         return x.double() * math.sqrt(sigma**2 + 1)
 
-    run = lambda opts, gens: _run(native, pair.diffusers_side, opts, gens, record,  # noqa: E731
-                                  lambda p: [float(s) for s in read_schedule(p.scheduler).sigmas])
+    def run(opts, generators):
+        return _run(native, pair.diffusers_side, opts, generators, record,
+                    lambda p: [float(s) for s in read_schedule(p.scheduler).sigmas])
+
     return _side(run, native, pair, options, seed)

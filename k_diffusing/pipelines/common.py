@@ -133,6 +133,11 @@ class PipelineDenoiser:
         return replaced
 
 
+def diffusers_parent(cls: type) -> type:
+    """The diffusers pipeline class a K pipeline class extends (``KSDXLPipeline`` -> ``StableDiffusionXLPipeline``)."""
+    return next(c for c in cls.__mro__[1:] if c.__module__.startswith("diffusers."))
+
+
 class SavesAsParent:
     """Mixin for the K pipelines: ``save_pretrained`` is the parent's, with ``model_index.json`` naming the diffusers
     parent class, so plain ``diffusers.DiffusionPipeline.from_pretrained`` loads the folder (the K class's own
@@ -140,10 +145,9 @@ class SavesAsParent:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
-        parent = next(c for c in type(self).__mro__[1:] if c.__module__.startswith("diffusers."))
         index = Path(save_directory) / "model_index.json"
         config = json.loads(index.read_text())
-        config["_class_name"] = parent.__name__
+        config["_class_name"] = diffusers_parent(type(self)).__name__
         index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -7,8 +7,9 @@
    scheduler's ``scale_model_input`` + ``step`` loop, at SDXL latent size (1x4x128x128) and FLUX packed size
    (1x4096x64); median of repeated runs; ratio ours / diffusers.
 2. A full pipeline run on the embedded models, K pipeline against its diffusers parent with the same scheduler and
-   model calls, each side in fresh processes: wall time (median of interleaved runs) and peak memory during the timed
-   runs (CPU: peak resident set, reset before them; GPU: ``torch.cuda.max_memory_allocated``).
+   model calls: wall time (fresh processes alternating runs of both; median of the per-pair ratios) and peak memory
+   during the timed runs (one fresh process per side; CPU: peak resident set, reset before them; GPU:
+   ``torch.cuda.max_memory_allocated``).
 3. Accuracy per model call on the analytic Gaussian-mixture denoiser (exact solution by DOP853): max error of each
    sampler at 5, 10, 20, 40 calls, and of the matching diffusers scheduler driven as a k-sampler
    (:func:`k_diffusing.parity.scheduler_sampler`) on the same sigmas; a table and ``accuracy.svg``.
@@ -166,32 +167,67 @@ print(json.dumps({"times": times, "peak": peak, "base": base}))
 """
 
 
+PIPELINE_TIMING = """
+import json, sys, time, torch
+from k_diffusing.gallery import load_pipeline, pipeline_options, DEFAULT_PROMPTS
+from k_diffusing.pipelines.common import diffusers_parent
+kind, device, steps, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ours = load_pipeline(kind, "embedded:" + kind, device, torch.float32)
+theirs = diffusers_parent(type(ours))(**ours.components)
+options = {**pipeline_options(kind, ours, steps), "prompt": DEFAULT_PROMPTS[0], "output_type": "latent"}
+def timed(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    pipe(generator=torch.Generator(device).manual_seed(0), **options)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+timed(ours), timed(theirs)
+pairs = []
+for i in range(repeats):  # alternate the order, so that drift (clocks, caches) falls on both sides alike
+    if i % 2 == 0:
+        a = timed(ours)
+        b = timed(theirs)
+    else:
+        b = timed(theirs)
+        a = timed(ours)
+    pairs.append((a, b))
+print(json.dumps(pairs))
+"""
+
+
+def _python(script: str, *args) -> str:
+    """Run ``script`` in a fresh interpreter; its last line of output."""
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess {args} failed:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 def _pipeline_side(kind: str, side: str, device: str, steps: int, repeats: int) -> dict:
     """One side in a fresh interpreter (after a warm-up run): its run times, the peak memory during the timed runs
     (CPU: peak resident set, VmHWM reset before the runs; GPU: max_memory_allocated) and the memory before them."""
-    done = subprocess.run([sys.executable, "-c", PIPELINE_RUN, kind, side, device, str(steps), str(repeats)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"pipeline benchmark {kind}/{side} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(_python(PIPELINE_RUN, kind, side, device, steps, repeats))
 
 
 def pipeline(device: str, steps: int, repeats: int, rounds: int) -> list[dict]:
-    """Section 2: K pipeline / parent pipeline, interleaved rounds in fresh processes (median of all runs)."""
+    """Section 2: time from ``rounds`` fresh processes that each alternate ``repeats`` runs of the K pipeline and of
+    its parent on the same components (ratio: median of the per-pair ratios, spread: their quartiles); peak memory
+    from one fresh process per side."""
     rows = []
     for kind in ("sdxl", "flux"):
-        sides = {"ours": [], "diffusers": []}
-        peaks = {"ours": [], "diffusers": []}
-        for _ in range(rounds):
-            for side, key in (("k", "ours"), ("diffusers", "diffusers")):
-                result = _pipeline_side(kind, side, device, steps, repeats)
-                sides[key] += result["times"]
-                peaks[key].append((result["peak"], result["peak"] - result["base"]))
-        t = {k: statistics.median(v) for k, v in sides.items()}
-        m = {k: max(p for p, _ in v) for k, v in peaks.items()}
-        extra = {k: max(e for _, e in v) for k, v in peaks.items()}
-        rows.append({"kind": kind, "steps": steps, "ours_s": t["ours"], "diffusers_s": t["diffusers"],
-                     "time_ratio": t["ours"] / t["diffusers"], "ours_peak_mb": m["ours"] / 2**20,
+        pairs = [p for _ in range(rounds) for p in json.loads(_python(PIPELINE_TIMING, kind, device, steps, repeats))]
+        ratios = sorted(a / b for a, b in pairs)
+        quartiles = statistics.quantiles(ratios, n=4)
+        peaks = {}
+        for side, key in (("k", "ours"), ("diffusers", "diffusers")):
+            result = _pipeline_side(kind, side, device, steps, 2)
+            peaks[key] = (result["peak"], result["peak"] - result["base"])
+        m = {k: v[0] for k, v in peaks.items()}
+        extra = {k: v[1] for k, v in peaks.items()}
+        rows.append({"kind": kind, "steps": steps, "ours_s": statistics.median(a for a, _ in pairs),
+                     "diffusers_s": statistics.median(b for _, b in pairs), "time_ratio": statistics.median(ratios),
+                     "ratio_quartiles": [quartiles[0], quartiles[2]], "ours_peak_mb": m["ours"] / 2**20,
                      "diffusers_peak_mb": m["diffusers"] / 2**20, "memory_ratio": m["ours"] / m["diffusers"],
                      "ours_extra_mb": extra["ours"] / 2**20, "diffusers_extra_mb": extra["diffusers"] / 2**20})
         print(f"pipeline {kind}: time ratio {rows[-1]['time_ratio']:.3f}, memory ratio {rows[-1]['memory_ratio']:.3f}",
@@ -312,11 +348,14 @@ def markdown(results: dict) -> str:
               f"{r['ratio']:.2f} |" for r in results["overhead"]]
     if results.get("pipeline"):
         lines += ["", "## 2. Full pipeline on the embedded models (K pipeline / diffusers parent)", "",
-                  f"Median of {results['repeats']} timed runs in each of {results['rounds']} interleaved fresh processes "
-                  "per side; peak memory during the timed runs, and its rise over the memory held before them.", "",
+                  f"Time: {results['rounds']} fresh processes, each alternating {results['pipeline_repeats']} runs of both "
+                  "pipelines on the same components; time ratio = median of the per-pair ratios (quartiles in brackets). "
+                  "Memory: one fresh process per side, peak during the timed runs and its rise over the memory held "
+                  "before them.", "",
                   "| model | steps | ours (s) | diffusers (s) | time ratio | ours peak (MiB) | diffusers peak (MiB) | "
                   "memory ratio | rise ours / diffusers (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['kind']} | {r['steps']} | {r['ours_s']:.3f} | {r['diffusers_s']:.3f} | {r['time_ratio']:.3f} | "
+        lines += [f"| {r['kind']} | {r['steps']} | {r['ours_s']:.3f} | {r['diffusers_s']:.3f} | {r['time_ratio']:.3f} "
+                  f"({r['ratio_quartiles'][0]:.3f} to {r['ratio_quartiles'][1]:.3f}) | "
                   f"{r['ours_peak_mb']:.1f} | {r['diffusers_peak_mb']:.1f} | {r['memory_ratio']:.3f} | "
                   f"{r['ours_extra_mb']:.1f} / {r['diffusers_extra_mb']:.1f} |" for r in results["pipeline"]]
     lines += ["", "## 3. Accuracy per model call (analytic Gaussian mixture, exact solution)", "",
@@ -363,16 +402,18 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30, help="steps of the overhead loops")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--pipeline-steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved process rounds of the pipeline runs")
+    p.add_argument("--rounds", type=int, default=3, help="fresh processes timing the pipelines")
+    p.add_argument("--pipeline-repeats", type=int, default=50, help="alternating runs of both pipelines per process")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--out", type=Path, default=HERE)
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     results = {"device": args.device, "command": "python benchmarks/bench.py " + " ".join(argv or sys.argv[1:]),
-               "machine": machine(args.device), "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds}
+               "machine": machine(args.device), "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds,
+               "pipeline_repeats": args.pipeline_repeats}
     results["overhead"] = overhead(args.device, args.steps, args.repeats, no_sync=cuda)
     if not args.skip_pipeline:
-        results["pipeline"] = pipeline(args.device, args.pipeline_steps, args.repeats, args.rounds)
+        results["pipeline"] = pipeline(args.device, args.pipeline_steps, args.pipeline_repeats, args.rounds)
     results["accuracy"] = accuracy()
     if cuda:
         results["compiled"] = compiled(args.device, args.pipeline_steps)

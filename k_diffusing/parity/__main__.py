@@ -87,11 +87,16 @@ def run(pairs, args, progress=None) -> list:
     return results
 
 
+def _refuse_foreign_folder(out: Path) -> None:
+    """ValueError when ``out`` holds files but no previous parity report (which alone may be replaced)."""
+    if out.exists() and not (out / "report.json").exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} exists and is not a parity report folder; choose an empty or new one")
+
+
 def _replace_folder(tmp: Path, out: Path) -> None:
     """Move the finished report into ``out`` (a previous report there is replaced; anything else is refused)."""
+    _refuse_foreign_folder(out)
     if out.exists():
-        if not (out / "report.json").exists() and any(out.iterdir()):
-            raise ValueError(f"--out {out} exists and is not a parity report folder; choose an empty or new one")
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
@@ -103,8 +108,7 @@ def main(argv=None) -> int:
         if args.steps < 1 or args.batch < 1:
             raise ValueError(f"--steps {args.steps} and --batch {args.batch} must be at least 1")
         pairs = overridden(pairs_for(args.pairs, tuple(args.kinds)), args.tolerance)
-        if args.out.exists() and not (args.out / "report.json").exists() and any(args.out.iterdir()):
-            raise ValueError(f"--out {args.out} exists and is not a parity report folder; choose an empty or new one")
+        _refuse_foreign_folder(args.out)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..regression import psnr_from_mse
 from .pairs import Pair, Tolerance
 from .trace import Trace
 
@@ -60,8 +61,7 @@ def psnr(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]: ``10 log10(1 / MSE)``; NaN without images."""
     if a is None or b is None:
         return math.nan
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+    return psnr_from_mse(float(((a.double() - b.double()) ** 2).mean()), peak=1.0)
 
 
 def compare(pair: Pair, ours: Trace, theirs: Trace) -> Comparison:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..gallery import strip
+from ..regression import heat
 from ..svgplot import line_plot
 from .compare import Comparison
 
@@ -87,12 +88,14 @@ def schedule_rows(c: Comparison) -> list[list[str]]:
 
 
 def heat_map(a: torch.Tensor, b: torch.Tensor):
-    """|a - b| averaged over channels, black (0) to red to yellow to white (the largest difference), as a strip."""
-    diff = (a.double() - b.double()).abs().mean(dim=1, keepdim=True)
+    """|a - b| averaged over channels as one strip in :func:`k_diffusing.regression.heat`'s colours, scaled so that
+    the largest difference is white; returns ``(PIL image, largest difference)``."""
+    from PIL import Image
+
+    diff = (a.double() - b.double()).abs().mean(dim=1)  # (B, H, W)
     top = float(diff.max())
-    u = diff / top if top > 0 else diff
-    rgb = torch.cat([(3 * u).clamp(0, 1), (3 * u - 1).clamp(0, 1), (3 * u - 2).clamp(0, 1)], dim=1)
-    return strip(rgb.float()), top
+    levels = (diff / top * 765).round() if top > 0 else diff
+    return Image.fromarray(heat(torch.cat(list(levels), dim=1).numpy(), gain=1)), top
 
 
 def divergence_svg(c: Comparison) -> str:

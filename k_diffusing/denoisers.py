@@ -13,7 +13,13 @@ column; k-diffusion's ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``):
 k-diffusion and A1111), or takes the nearest integer timestep (``timesteps="quantized"``, as ComfyUI). ``known`` pairs
 ``(sigma_i, t_i)`` from a diffusers scheduler override both where the sigma matches exactly, so the network sees the
 very timestep the scheduler would pass (needed for exact parity: diffusers interpolates some schedules linearly in
-sigma, and rounds others to integer timesteps). Everything is tensor arithmetic on the sigma batch: no host syncs.
+sigma, and rounds others to integer timesteps).
+
+No host syncs: called with a sigma tensor alone (k-diffusion's contract), ``t`` is tensor arithmetic on the sigma batch
+in float32 (about 20 small device ops); called by a sampler of this package, which also passes the sigma as a Python
+float (the host-sigma protocol of :class:`~k_diffusing.samplers.base.SamplerRun`), ``t`` is computed on the host in
+float64 by the same rule and filled in with one op (the float32 sigma it sees, the same ``known`` pairs; the two paths
+agree to float32 rounding of ``t``, and exactly on ``known`` pairs).
 
 The network call itself (classifier-free guidance, conditioning) is the caller's ``net(x_in, t) -> prediction``; the
 denoiser casts the input to ``net_dtype`` and the prediction back to the sampler's dtype.
@@ -21,8 +27,11 @@ denoiser casts the input to ``net_dtype`` and the prediction back to the sampler
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .geometry import FLOW, VE
@@ -60,7 +69,53 @@ def _as_known(known):
     return None if known is None else tuple(torch.as_tensor(k, dtype=torch.float32) for k in known)
 
 
-class DiscreteDenoiser:
+def host_log_sigma_to_t(sigma: float, log_sigmas: list[float], quantize: bool) -> float:
+    """:func:`log_sigma_to_t` (or, with ``quantize``, the nearest table index in log sigma, ties to the lower) for one
+    host ``sigma``, in float64 over the ascending ``log_sigmas``."""
+    if sigma <= 0:
+        return 0.0
+    log_sigma = min(max(math.log(sigma), log_sigmas[0]), log_sigmas[-1])
+    high = min(max(bisect.bisect_left(log_sigmas, log_sigma), 1), len(log_sigmas) - 1)
+    low = high - 1
+    if quantize:
+        return float(low if log_sigma - log_sigmas[low] <= log_sigmas[high] - log_sigma else high)
+    return low + (log_sigma - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
+
+
+class BridgeDenoiser:
+    """What both bridges share: ``sigma_to_t`` on a sigma tensor (subclasses), ``host_t`` on a host float, and the
+    choice between them per call (see the module docstring)."""
+
+    takes_host_sigma = True
+
+    def __init__(self, known):
+        self.known = _as_known(known)
+        self._known_host: dict[float, float] = {}
+        if self.known is not None:
+            for s, t in zip(*(k.tolist() for k in self.known)):
+                self._known_host.setdefault(s, t)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def host_t_unpaired(self, sigma: float) -> float:
+        raise NotImplementedError
+
+    def host_t(self, sigma: float) -> float:
+        """The timestep the network sees at the host ``sigma`` (rounded to float32 first, as the sampler's sigma
+        batch is)."""
+        sigma = float(np.float32(sigma))
+        t = self._known_host.get(sigma)
+        return self.host_t_unpaired(sigma) if t is None else t
+
+    def timesteps(self, sigma: torch.Tensor, sigma_host: float | None) -> torch.Tensor:
+        """One float32 timestep per batch item: from ``sigma_host`` when the sampler passed it, else from ``sigma``."""
+        if sigma_host is None:
+            return self.sigma_to_t(sigma)
+        return torch.full(sigma.shape, self.host_t(sigma_host), dtype=torch.float32, device=sigma.device)
+
+
+class DiscreteDenoiser(BridgeDenoiser):
     """A discrete-time eps- or v-prediction network as a VE k-diffusion denoiser (see the module docstring).
 
     Args:
@@ -81,12 +136,13 @@ class DiscreteDenoiser:
             raise ValueError(f"prediction_type {prediction_type!r} is not supported; accepted: {PREDICTION_TYPES}")
         if timesteps not in TIMESTEP_MODES:
             raise ValueError(f"timesteps {timesteps!r} is not a mode; accepted: {TIMESTEP_MODES}")
+        super().__init__(known)
         self.net = net
         self.prediction_type = prediction_type
         self.quantize = timesteps == "quantized"
         self.sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.to(torch.float32))
         self.log_sigmas = self.sigmas.log()
-        self.known = _as_known(known)
+        self._log_sigmas_host = self.sigmas.to(torch.float64).log().tolist()
         self.net_dtype = net_dtype
 
     @property
@@ -107,16 +163,19 @@ class DiscreteDenoiser:
             t = log_sigma_to_t(sigma, log_sigmas)
         return paired_timesteps(sigma, t, self.known)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+    def host_t_unpaired(self, sigma: float) -> float:
+        return host_log_sigma_to_t(sigma, self._log_sigmas_host, self.quantize)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, sigma_host: float | None = None, **_) -> torch.Tensor:
         s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
         x_in = x / (s**2 + 1) ** 0.5  # c_in x, written as diffusers' scale_model_input writes it
-        prediction = self.net(x_in.to(self.net_dtype), self.sigma_to_t(sigma)).to(x.dtype)
+        prediction = self.net(x_in.to(self.net_dtype), self.timesteps(sigma, sigma_host)).to(x.dtype)
         if self.prediction_type == "epsilon":
             return x - s * prediction
         return x / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * prediction
 
 
-class FlowDenoiser:
+class FlowDenoiser(BridgeDenoiser):
     """A rectified-flow velocity network (FLUX, SD3) as a flow-geometry denoiser: ``x = (1 - sigma) x0 + sigma eps``,
     the network predicts ``v = eps - x0``, so ``D = x - sigma v`` (Liu et al. 2022, arXiv 2209.03003; Esser et al.
     2024, arXiv 2403.03206, Sec. 2). The network gets ``x`` unscaled and the timestep ``t = sigma N``
@@ -131,16 +190,19 @@ class FlowDenoiser:
 
     def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_train_timesteps: int = 1000,
                  known=None, net_dtype: torch.dtype = torch.float32):
+        super().__init__(known)
         self.net = net
         self.num_train_timesteps = num_train_timesteps
-        self.known = _as_known(known)
         self.net_dtype = net_dtype
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(torch.float32)
         return paired_timesteps(sigma, sigma * self.num_train_timesteps, self.known)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+    def host_t_unpaired(self, sigma: float) -> float:
+        return float(np.float32(sigma) * np.float32(self.num_train_timesteps))  # the float32 product, as on the tensor
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, sigma_host: float | None = None, **_) -> torch.Tensor:
         s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
-        v = self.net(x.to(self.net_dtype), self.sigma_to_t(sigma).to(self.net_dtype)).to(x.dtype)
+        v = self.net(x.to(self.net_dtype), self.timesteps(sigma, sigma_host).to(self.net_dtype)).to(x.dtype)
         return x - s * v

@@ -96,6 +96,7 @@ class PipelineDenoiser:
                  callback: Callable | None, tensor_inputs: list[str], check_finite: bool = False):
         self.pipe, self.inner, self.sigmas, self.progress = pipe, inner, sigmas, progress
         self.geometry = inner.geometry
+        self.takes_host_sigma = getattr(inner, "takes_host_sigma", False)
         self.state, self.callback, self.tensor_inputs = state, callback, tensor_inputs
         self.check_finite = check_finite
 

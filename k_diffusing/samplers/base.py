@@ -102,6 +102,10 @@ class SamplerRun:
         # after the last step; a tensor it returns replaces the state (in place, so the sampler's own variable sees
         # it).
         self._on_step_end = getattr(model, "on_step_end", None)
+        # Optional host-sigma protocol: a denoiser whose ``takes_host_sigma`` is true also gets the call's sigma as a
+        # Python float (``sigma_host=``), so it can derive per-call values (the network's timestep) on the host
+        # instead of with a dozen small device ops per call (the bridge denoisers of k_diffusing.denoisers).
+        self._host_sigma = bool(getattr(model, "takes_host_sigma", False))
         self._step = 0
         self._ended = -1
 
@@ -117,7 +121,8 @@ class SamplerRun:
             self._end_step(self._step - 1, x)
         sigma_batch = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         self.calls += 1
-        return self.model(x, sigma_batch, **self.extra_args).to(x.dtype)
+        extra = {**self.extra_args, "sigma_host": sigma} if self._host_sigma else self.extra_args
+        return self.model(x, sigma_batch, **extra).to(x.dtype)
 
     def noise(self, sigma: float, sigma_next: float) -> torch.Tensor:
         """Unit Gaussian noise for the step ``sigma -> sigma_next``, shaped like the state."""

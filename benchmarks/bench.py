@@ -49,6 +49,8 @@ OVERHEAD_PAIRS = {
     "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1"},
                ("UniPCMultistepScheduler", {**FLOW_DPM, "solver_type": "bh1"})),
 }
+# Sampler options timed as extra rows (the multistep SDE samplers' Gaussian noise, diffusers' kind of noise).
+OVERHEAD_OPTIONS = {"dpmpp_2m_sde": [{"brownian": False}], "dpmpp_3m_sde": [{"brownian": False}]}
 
 
 def _sync(device: str) -> None:
@@ -82,7 +84,10 @@ def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]
         return x
 
     rows = []
-    for sampler, (name, config, flow) in OVERHEAD_PAIRS.items():
+    cases = [(sampler, options, pair) for sampler, pair in OVERHEAD_PAIRS.items()
+             for options in [{}, *OVERHEAD_OPTIONS.get(sampler, [])]]
+    for sampler, options, (name, config, flow) in cases:
+        label = " ".join([sampler, *(f"{k}={v!r}" for k, v in options.items())])
         for size, shape, (sched_name, sched_config) in (("SDXL", SDXL_SHAPE, (name, config)),
                                                       ("FLUX", FLUX_SHAPE, flow or (name, config))):
             scheduler = _scheduler(sched_name, sched_config)
@@ -95,7 +100,7 @@ def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]
 
             def ours():
                 kwargs = {"generator": torch.Generator(device).manual_seed(0)} if noise else {}
-                spec(zero_cost, x, sigmas, disable=True, **kwargs)  # CPU sigmas, as the pipelines pass them
+                spec(zero_cost, x, sigmas, disable=True, **kwargs, **options)  # CPU sigmas, as the pipelines pass them
 
             def theirs():
                 scheduler.set_timesteps(steps, device=device, **_mu(scheduler))
@@ -116,10 +121,10 @@ def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             t_ours, t_theirs = (_median_seconds(f, device, repeats) / steps for f in (ours, theirs))
-            rows.append({"sampler": sampler, "size": size, "scheduler": f"{sched_name}({_short(sched_config)})",
+            rows.append({"sampler": label, "size": size, "scheduler": f"{sched_name}({_short(sched_config)})",
                          "ours_us": 1e6 * t_ours, "diffusers_us": 1e6 * t_theirs, "ratio": t_ours / t_theirs,
                          "host_sync": sync})
-            print(f"overhead {sampler:14s} {size}: ours {1e6 * t_ours:8.1f} us/step, diffusers "
+            print(f"overhead {label:14s} {size}: ours {1e6 * t_ours:8.1f} us/step, diffusers "
                   f"{1e6 * t_theirs:8.1f} us/step, ratio {t_ours / t_theirs:.2f}", file=sys.stderr, flush=True)
     return rows
 

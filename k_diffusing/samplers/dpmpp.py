@@ -48,6 +48,19 @@ def ancestral_data_step(run: SamplerRun, x: torch.Tensor, sigma: float, sigma_ne
                            sigma_next, s_noise)
 
 
+def check_brownian(brownian: bool, noise_sampler) -> None:
+    """The multistep SDE samplers' noise choice. ``brownian=True`` (default): a Brownian tree, k-diffusion's and
+    ComfyUI's noise, so a seed gives the same Brownian path whatever the step count. ``brownian=False``: independent
+    Gaussian draws per step, as diffusers' SDE-DPM-Solver++ draws them; the same distribution (each step needs one
+    increment over its own interval) at a fraction of the cost (a tree query descends some 24 levels, each drawing
+    full-size noise: ``benchmarks/RESULTS.md``), but the noise is tied to the step index instead of the sigma
+    interval. An explicit ``noise_sampler`` decides by itself, so ``brownian=False`` with one is refused."""
+    if not isinstance(brownian, bool):
+        raise TypeError(f"brownian must be True or False, got {brownian!r}")
+    if noise_sampler is not None and not brownian:
+        raise ValueError("brownian=False has no effect with an explicit noise_sampler; pass one or the other")
+
+
 def sde_data_step(geo: Geometry, x: torch.Tensor, sigma: float, sigma_next: float, denoised: torch.Tensor,
                   h: float, eta_h: float) -> torch.Tensor:
     """Deterministic part of the first-order SDE-DPM-Solver++ step (Lu et al. 2022b, App. / Gonzalez et al. 2023,
@@ -153,18 +166,20 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler=None, solver_type="midpoint", *, generator=None):
+                        noise_sampler=None, solver_type="midpoint", *, generator=None, brownian=True):
     """DPM-Solver++(2M) SDE, Lu et al. 2022b (arXiv 2211.01095), Sec. 4 / App. with the SDE variant of the
     first-order step (Gonzalez et al. 2023, SEEDS, arXiv 2305.14267, Eq. 9); k-diffusion's ``sample_dpmpp_2m_sde``.
 
     ``x_t = (sigma_t / sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1 + eta) h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z``
     plus a second-order correction from the previous ``D`` (``solver_type`` 'midpoint' or 'heun').
     Any geometry. Order 2 as an ODE solver (eta = 0), 1 call per step, stochastic (Brownian tree by default,
-    per-item trees with a list of generators). The step into sigma = 0 returns ``D``.
+    per-item trees with a list of generators; ``brownian=False``: see :func:`check_brownian`). The step into
+    sigma = 0 returns ``D``.
     """
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
-    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=True)
+    check_brownian(brownian, noise_sampler)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian)
     geo, x = run.geometry, run.x
     old_denoised, h_last = None, None
     for i, sigma, sigma_next in run.steps():
@@ -192,7 +207,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler=None, *, generator=None):
+                        noise_sampler=None, *, generator=None, brownian=True):
     """DPM-Solver++(3M) SDE: third-order multistep DPM-Solver++ (Lu et al. 2022b, arXiv 2211.01095, Sec. 4, order-3
     multistep update) on the SDE first-order step of :func:`sample_dpmpp_2m_sde`; k-diffusion's
     ``sample_dpmpp_3m_sde``.
@@ -201,13 +216,15 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     divided differences ``d1, d2`` of the last three ``D`` in ``lambda`` (scaled by ``h``), the step adds
     ``alpha_t (phi_2 d1 - phi_3 d2)`` to :func:`sde_data_step`. Any geometry. 1 call per step; first order on the
     first step, second order on the second (and after an infinite step from flow ``sigma = 1``, whose history is
-    unusable). Stochastic (Brownian tree by default). The step into sigma = 0 returns ``D``.
+    unusable). Stochastic (Brownian tree by default; ``brownian=False``: see :func:`check_brownian`). The step into
+    sigma = 0 returns ``D``.
 
     Order: designed as 3; kept bit-compatible with k-diffusion (and the 3M update of DPM-Solver's reference code and
     diffusers), whose ``d2 ~ h^2 D''/2`` carries half the weight the ``phi_3`` term needs (``h^2 D''``). Measured as
     an ODE solver (``eta = 0``): slopes 2.5, 2.5, 2.3, 2.1 from 20 to 320 steps, i.e. order 2 asymptotically.
     """
-    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=True)
+    check_brownian(brownian, noise_sampler)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian)
     geo, x = run.geometry, run.x
     denoised_1, denoised_2 = None, None
     h_1, h_2 = None, None  # the last two finite steps in lambda (None: no usable history)

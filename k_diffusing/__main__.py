@@ -4,6 +4,8 @@
 the same as ``test_sdxl.py`` and ``test_flux.py``) into ``outputs/gallery/``; ``--write README.md`` refreshes the
 README's gallery table.
 
+``generate``: one PNG per job of a job file, split over processes by ``accelerate`` (:mod:`k_diffusing.generate`).
+
 ``catalogue``: list every sampler with its order, model calls per step and the accuracy it measures
 on the analytic Gaussian-mixture denoiser in VE and flow geometry; ``--write README.md`` refreshes the README table.
 """
@@ -16,8 +18,15 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["generate"]:  # its own parser (python -m k_diffusing generate --help)
+        from .generate import main as generate
+
+        return generate(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m k_diffusing", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command")
+    commands.add_parser("generate", help="one PNG per job of a job file, over accelerate's processes",
+                        add_help=False)
     cat = commands.add_parser("catalogue", help="measure and print the sampler catalogue")
     cat.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
     gallery = commands.add_parser("gallery", help="render every sampler with the embedded SDXL and FLUX models")

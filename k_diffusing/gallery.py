@@ -181,11 +181,14 @@ def labelled_grid(rows: list[tuple[str, object]], cell: int = CELL, label_width:
 
 
 def save_atomic(image, path: Path) -> None:
-    """Write ``image`` (PIL) or ``image`` (str, JSON text) to ``path`` through a temporary name and a rename."""
+    """Write ``image`` (PIL, saved as PNG; or str, UTF-8 text; or bytes) to ``path`` through a temporary name and a
+    rename, so that ``path`` is either absent or complete."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if isinstance(image, str):
-            tmp.write_text(image)
+            tmp.write_text(image, encoding="utf-8")
+        elif isinstance(image, bytes):
+            tmp.write_bytes(image)
         else:
             image.save(tmp, format="PNG")
         os.replace(tmp, path)

@@ -105,21 +105,23 @@ _SPECS = [
 
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 
-# A1111's "Schedule type" names (and the suffixes of its older combined names such as "DPM++ 2M Karras").
-A1111_SCHEDULES = {
-    "automatic": None,
-    "karras": "karras",
-    "exponential": "exponential",
-    "polyexponential": "polyexponential",
-    "sgm uniform": "sgm_uniform",
-    "kl optimal": "kl_optimal",
-    "align your steps": "align_your_steps",
-    "simple": "simple",
-    "normal": "normal",
-    "ddim": "ddim_uniform",
-    "beta": "beta",
-    "uniform": "normal",
+# A1111's "Schedule type" names, as it displays them (lower-cased, they are also the suffixes of its older combined
+# names such as "DPM++ 2M Karras"); the first name of a schedule is the one written into PNG parameters.
+A1111_SCHEDULE_NAMES = {
+    "Automatic": None,
+    "Karras": "karras",
+    "Exponential": "exponential",
+    "Polyexponential": "polyexponential",
+    "SGM Uniform": "sgm_uniform",
+    "KL Optimal": "kl_optimal",
+    "Align Your Steps": "align_your_steps",
+    "Simple": "simple",
+    "Normal": "normal",
+    "DDIM": "ddim_uniform",
+    "Beta": "beta",
+    "Uniform": "normal",
 }
+A1111_SCHEDULES = {name.lower(): schedule for name, schedule in A1111_SCHEDULE_NAMES.items()}
 
 _DISPLAY = {d.lower(): s for s in _SPECS for d in s.display_names}
 

@@ -1,0 +1,410 @@
+"""Batch generation: a job file in, one PNG per job out, split over processes by ``accelerate``.
+
+    python -m k_diffusing generate jobs.jsonl --out outputs/run                      # one process
+    accelerate launch --num_processes 4 -m k_diffusing generate jobs.jsonl --out outputs/run
+    torchrun --nproc_per_node 2 -m k_diffusing generate jobs.jsonl --out outputs/run  # or torchrun
+
+Jobs: a ``.txt`` file (one prompt per line; blank lines and lines starting with ``#`` are skipped) or a ``.jsonl``
+file (one JSON object per line with the keys of :data:`JOB_KEYS`; only ``prompt`` is required). What a job leaves
+out comes from the command line, then from the pipeline (size: the VAE's ``sample_size``; guidance: the pipeline's
+default). Job ``i`` (0-based, in file order) has seed ``--seed + i`` unless it sets one, and is run alone (a batch of
+one) with a CPU ``torch.Generator`` seeded by it, so its image does not depend on how many processes run or which
+one gets it (on the CPU, bit for bit when every process uses the same number of threads).
+
+Outputs in ``--out``:
+
+- ``{index:05d}-{seed}-{digest}.png``, ``digest`` naming the job's resolved parameters (a changed job gets a new
+  name), with the parameters in a PNG text chunk ``parameters`` in AUTOMATIC1111's format (:func:`format_parameters`,
+  read back by :func:`read_parameters`), which image viewers and web UIs show;
+- ``manifest.jsonl``: one line per job in job order, with its file, parameters and the PNG's SHA-256, or the error
+  of a job that failed (written by the first process once all have finished).
+
+Safe to rerun: a job whose PNG exists is skipped (PNGs are written under a temporary name and renamed, so one that
+exists is complete); a job that fails is recorded and the others go on; the exit status is 1 when any job failed,
+2 on bad input (reported before any model is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import re
+import sys
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+MANIFEST = "manifest.jsonl"
+# Keys a JSONL job may set, and their types.
+JOB_KEYS = {"prompt": str, "negative_prompt": str, "seed": int, "sampler": str, "schedule": str, "steps": int,
+            "width": int, "height": int, "guidance_scale": float}
+KINDS = ("sdxl", "flux")
+PARAMETERS_KEY = "parameters"  # the PNG text chunk AUTOMATIC1111 writes and reads
+
+
+class JobError(ValueError):
+    """A job file or option that cannot be run; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image's parameters; ``None`` where the pipeline's default applies (filled in by :func:`resolve`)."""
+
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    sampler: str
+    schedule: str | None
+    steps: int
+    width: int | None
+    height: int | None
+    guidance_scale: float | None
+    model: str
+
+    def file_name(self) -> str:
+        return f"{self.index:05d}-{self.seed}-{self.digest()}.png"
+
+    def digest(self) -> str:
+        """The first 10 hex digits of the SHA-256 of the job's parameters (canonical JSON, the index left out)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "index"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+    def parameters(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "index"}
+
+
+# --- the job file ------------------------------------------------------------------------------------------------
+
+
+def _typed(key: str, value, where: str):
+    kind = JOB_KEYS[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise JobError(f"{where}: {key!r} must be a {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise JobError(f"{where}: {key!r} must be finite, got {value!r}")
+    return value
+
+
+def check_job_values(values: dict, where: str) -> dict:
+    """``values`` with A1111 sampler names resolved (``"DPM++ 2M Karras"`` -> dpmpp_2m + karras) and every value
+    checked; JobError naming ``where`` otherwise."""
+    from .registry import resolve_sampler
+    from .schedules import SCHEDULES
+
+    unknown = sorted(set(values) - set(JOB_KEYS))
+    if unknown:
+        raise JobError(f"{where}: unknown key(s) {unknown}; a job may set {', '.join(JOB_KEYS)}")
+    values = {k: _typed(k, v, where) for k, v in values.items() if v is not None}
+    if "prompt" in values and not values["prompt"].strip():
+        raise JobError(f"{where}: the prompt is empty")
+    if "sampler" in values:
+        try:
+            spec, implied = resolve_sampler(values["sampler"])
+        except ValueError as error:
+            raise JobError(f"{where}: {error}") from None
+        if implied is not None and values.get("schedule", implied) != implied:
+            raise JobError(f"{where}: sampler {values['sampler']!r} implies schedule {implied!r} but the job sets "
+                           f"schedule {values['schedule']!r}")
+        values["sampler"] = spec.name
+        if implied is not None:
+            values["schedule"] = implied
+    if values.get("schedule") is not None and values["schedule"] not in SCHEDULES:
+        from .names import unknown_name
+
+        raise JobError(f"{where}: {unknown_name('sigma schedule', values['schedule'], SCHEDULES)}")
+    for key in ("steps", "width", "height"):
+        if key in values and values[key] < 1:
+            raise JobError(f"{where}: {key!r} must be >= 1, got {values[key]}")
+    if "seed" in values and not 0 <= values["seed"] < 2**63:
+        raise JobError(f"{where}: 'seed' must be in [0, 2**63), got {values['seed']}")
+    return values
+
+
+def read_job_lines(path: Path) -> list[tuple[str, dict]]:
+    """``(where, values)`` per job of a ``.txt`` or ``.jsonl`` file, checked (:func:`check_job_values`)."""
+    if path.suffix not in (".txt", ".jsonl"):
+        raise JobError(f"{path}: a job file is .txt (one prompt per line) or .jsonl (one JSON object per line), "
+                       f"got {path.suffix or 'no extension'!r}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise JobError(f"cannot read the job file: {error}") from None
+    jobs = []
+    for number, line in enumerate(lines, 1):
+        where = f"{path.name}, line {number}"
+        if not line.strip() or (path.suffix == ".txt" and line.lstrip().startswith("#")):
+            continue
+        if path.suffix == ".txt":
+            values = {"prompt": line.strip()}
+        else:
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise JobError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(values, dict):
+                raise JobError(f"{where}: a job is a JSON object, got {type(values).__name__}")
+            if "prompt" not in values:
+                raise JobError(f"{where}: the job has no 'prompt'")
+        jobs.append((where, check_job_values(values, where)))
+    if not jobs:
+        raise JobError(f"{path}: no jobs (every line is blank or a comment)")
+    return jobs
+
+
+def read_jobs(path: Path, defaults: dict, model: str) -> list[Job]:
+    """The jobs of ``path``; where a job is silent, ``defaults`` (command-line values, checked the same way), then
+    euler on the scheduler's own sigmas at 20 steps. Job ``i`` gets seed ``defaults['seed'] + i`` unless it sets
+    one."""
+    defaults = check_job_values(defaults, "command line")
+    base_seed = defaults.pop("seed", 0)
+    builtin = {"negative_prompt": "", "sampler": "euler", "schedule": None, "steps": 20, "width": None,
+               "height": None, "guidance_scale": None}
+    return [Job(index=index, model=model, **{"seed": base_seed + index, **builtin, **defaults, **values})
+            for index, (_, values) in enumerate(read_job_lines(path))]
+
+
+# --- AUTOMATIC1111's parameters text -------------------------------------------------------------------------------
+
+# One "Key: value" pair of the last line; a value is a JSON string when it holds a comma, colon or newline.
+_PAIR = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+NEGATIVE = "Negative prompt: "
+
+
+def _quote(value) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
+
+
+def _unquote(text: str) -> str:
+    return json.loads(text) if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+def sampler_display_name(name: str) -> str:
+    """A1111's name of a catalogue sampler (``dpmpp_2m`` -> "DPM++ 2M"); the catalogue name where A1111 has none."""
+    from .registry import get_sampler
+
+    spec = get_sampler(name)
+    return spec.display_names[0] if spec.display_names else spec.name
+
+
+def schedule_display_name(schedule: str | None) -> str:
+    """A1111's "Schedule type" of a catalogue schedule (None, the scheduler's own: "Automatic"); the catalogue name
+    where A1111 has none."""
+    from .registry import A1111_SCHEDULE_NAMES
+
+    return next((label for label, name in A1111_SCHEDULE_NAMES.items() if name == schedule), schedule)
+
+
+def format_parameters(p: dict, kind: str) -> str:
+    """AUTOMATIC1111's ``parameters`` text for the job parameters ``p`` (:meth:`Job.parameters`, resolved): the
+    prompt, a ``Negative prompt:`` line when there is one, then ``Key: value`` pairs. FLUX's guidance is its distilled
+    guidance, written as Forge writes it (``CFG scale: 1, Distilled CFG Scale: g``)."""
+    from . import __version__
+
+    guidance = {"CFG scale": p["guidance_scale"]} if kind == "sdxl" else {
+        "CFG scale": 1, "Distilled CFG Scale": p["guidance_scale"]}
+    pairs = {"Steps": p["steps"], "Sampler": sampler_display_name(p["sampler"]),
+             "Schedule type": schedule_display_name(p["schedule"]), **guidance, "Seed": p["seed"],
+             "Size": f"{p['width']}x{p['height']}", "Model": p["model"], "Version": f"k-diffusing {__version__}"}
+    lines = [p["prompt"]]
+    if p["negative_prompt"]:
+        lines.append(NEGATIVE + p["negative_prompt"])
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items()))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict:
+    """The job parameters in an AUTOMATIC1111 ``parameters`` text (the inverse of :func:`format_parameters`; A1111
+    names map back to catalogue names, unknown keys are left out)."""
+    from .registry import A1111_SCHEDULES, resolve_sampler
+
+    *head, last = text.split("\n")
+    pairs = {key.strip(): _unquote(value.strip()) for key, value in _PAIR.findall(last)}
+    if not {"Steps", "Sampler", "Seed", "Size"} <= set(pairs):
+        raise ValueError(f"not an AUTOMATIC1111 parameters text (its last line has no Steps/Sampler/Seed/Size): "
+                         f"{last!r}")
+    negative_at = next((i for i, line in enumerate(head) if line.startswith(NEGATIVE)), len(head))
+    negative = "\n".join(head[negative_at:])[len(NEGATIVE):]
+    width, height = (int(v) for v in pairs["Size"].split("x"))
+    schedule_label = pairs.get("Schedule type", "Automatic")
+    return {
+        "prompt": "\n".join(head[:negative_at]),
+        "negative_prompt": negative,
+        "seed": int(pairs["Seed"]),
+        "sampler": resolve_sampler(pairs["Sampler"]).spec.name,
+        "schedule": A1111_SCHEDULES.get(schedule_label.lower(), schedule_label),
+        "steps": int(pairs["Steps"]),
+        "width": width,
+        "height": height,
+        "guidance_scale": float(pairs.get("Distilled CFG Scale", pairs.get("CFG scale"))),
+        "model": pairs.get("Model"),
+    }
+
+
+def read_parameters(path: Path) -> dict:
+    """The job parameters stored in a PNG's ``parameters`` chunk (:func:`parse_parameters`)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = image.text.get(PARAMETERS_KEY)
+    if text is None:
+        raise ValueError(f"{path} has no {PARAMETERS_KEY!r} text chunk")
+    return parse_parameters(text)
+
+
+# --- running -------------------------------------------------------------------------------------------------------
+
+
+def resolve(job: Job, kind: str, pipe) -> Job:
+    """``job`` with the pipeline's defaults filled in (size: the VAE's ``sample_size``; guidance: the pipeline
+    call's default), so that its parameters, file name and PNG chunk say what was run."""
+    import inspect
+
+    from .gallery import pipeline_options
+
+    if kind == "flux" and job.negative_prompt:
+        raise JobError(f"job {job.index}: FLUX jobs take no negative prompt (FluxPipeline uses one only with "
+                       "true_cfg_scale > 1, which this command does not set)")
+    options = pipeline_options(kind, pipe, job.steps, job.height, job.width)
+    guidance = job.guidance_scale
+    if guidance is None:
+        guidance = float(inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default)
+    return replace(job, width=options["width"], height=options["height"], guidance_scale=guidance)
+
+
+def render_png(pipe, kind: str, job: Job) -> bytes:
+    """The PNG of a resolved job, with its ``parameters`` chunk: the job alone, from a CPU generator seeded by it."""
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    from .gallery import pipeline_options
+
+    options = pipeline_options(kind, pipe, job.steps, job.height, job.width, job.guidance_scale)
+    negative = {"negative_prompt": job.negative_prompt} if job.negative_prompt else {}
+    image = pipe(job.prompt, sampler=job.sampler, sigma_schedule=job.schedule,
+                 generator=torch.Generator("cpu").manual_seed(job.seed), output_type="pil", **negative,
+                 **options).images[0]
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(job.parameters(), kind))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_jobs(pipe, kind: str, jobs: list[Job], out: Path, rank: int = 0, world: int = 1, progress=None) -> list[dict]:
+    """Run this process's share of ``jobs`` (job ``i`` goes to process ``i mod world``) into ``out``; one manifest
+    record per job: done (rendered now), skipped (its PNG was there) or failed (with the error)."""
+    from .gallery import save_atomic
+
+    records = []
+    for job in jobs[rank::world]:
+        record = {"index": job.index}
+        try:
+            job = resolve(job, kind, pipe)
+            path = out / job.file_name()
+            if path.exists():
+                record["status"] = "skipped"
+            else:
+                save_atomic(render_png(pipe, kind, job), path)
+                record["status"] = "done"
+            record.update(file=path.name, sha256=sha256_file(path), parameters=job.parameters())
+        except Exception as error:  # a failing job is recorded and the others go on
+            record.update(status="failed", parameters=job.parameters(),
+                          error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=-3))
+        records.append(record)
+        if progress is not None:
+            progress.update()
+    return records
+
+
+def manifest_lines(records: list[dict]) -> str:
+    """The manifest: one JSON line per job in job order, without the run-dependent status (done or skipped), so
+    that a rerun or another process count gives the same file."""
+    lines = []
+    for record in sorted(records, key=lambda r: r["index"]):
+        entry = {k: v for k, v in record.items() if k not in ("status", "traceback")}
+        entry["ok"] = record["status"] != "failed"
+        lines.append(json.dumps(entry, sort_keys=True, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m k_diffusing generate", description=__doc__.splitlines()[0],
+                                epilog="Per-job values in the job file override these options.")
+    p.add_argument("jobs", type=Path, help=".txt (one prompt per line) or .jsonl (one job object per line)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; rerun into it to resume)")
+    p.add_argument("--kind", choices=KINDS, default="sdxl", help="the pipeline family (default: sdxl)")
+    p.add_argument("--model", default=None,
+                   help="diffusers folder or hub id (default: embedded:<kind>, the embedded tiny model)")
+    p.add_argument("--sampler", default=None, help="catalogue or A1111 name (default: euler)")
+    p.add_argument("--schedule", default=None, help="catalogue schedule (default: the scheduler's own)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 20)")
+    p.add_argument("--seed", type=int, default=None, help="job i's seed is seed + i unless it sets one (default 0)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--width", type=int, default=None, help="default: the VAE's sample_size")
+    p.add_argument("--height", type=int, default=None, help="default: the VAE's sample_size")
+    p.add_argument("--device", default=None, help="default: accelerate's device for this process")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="default: float32 on cpu, bfloat16 otherwise")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .gallery import DTYPES, model_label
+
+    model = args.model or f"embedded:{args.kind}"
+    defaults = {"negative_prompt": args.negative_prompt, "seed": args.seed, "sampler": args.sampler,
+                "schedule": args.schedule, "steps": args.steps, "width": args.width, "height": args.height,
+                "guidance_scale": args.guidance_scale}
+    try:
+        jobs = read_jobs(args.jobs, {k: v for k, v in defaults.items() if v is not None}, model_label(model))
+    except JobError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from .gallery import load_pipeline
+
+    state = PartialState()
+    device = args.device or str(state.device)
+    dtype = DTYPES[args.dtype or ("float32" if device == "cpu" else "bfloat16")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.kind, model, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    mine = len(jobs[state.process_index::state.num_processes])
+    with torch.inference_mode(), tqdm(total=mine, desc=f"process {state.process_index}",
+                                      position=state.process_index) as progress:
+        records = run_jobs(pipe, args.kind, jobs, args.out, state.process_index, state.num_processes, progress)
+    records = gather_object(records)
+    failed = [r for r in records if r["status"] == "failed"]
+    if state.is_main_process:
+        from .gallery import save_atomic
+
+        save_atomic(manifest_lines(records), args.out / MANIFEST)
+        counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
+        print(f"{len(records)} jobs: {counts['done']} rendered, {counts['skipped']} already there, "
+              f"{counts['failed']} failed; manifest: {args.out / MANIFEST}", file=sys.stderr)
+        for record in failed:
+            print(f"job {record['index']} failed: {record['error']}", file=sys.stderr)
+    state.wait_for_everyone()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -119,7 +119,7 @@ def model_label(model: str) -> str:
     return model
 
 
-def load_pipeline(kind: str, model: str, device: str, dtype: torch.dtype):
+def load_pipeline(kind: str, model: str, device: str | torch.device, dtype: torch.dtype):
     """``model``: a diffusers folder, a hub id or ``embedded:<kind>`` (:func:`model_location`)."""
     from .pipelines import KFluxPipeline, KSDXLPipeline
 

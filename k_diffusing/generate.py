@@ -338,6 +338,13 @@ def manifest_lines(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m k_diffusing generate", description=__doc__.splitlines()[0],
                                 epilog="Per-job values in the job file override these options.")
@@ -381,9 +388,12 @@ def main(argv=None) -> int:
 
     from .gallery import load_pipeline
 
-    state = PartialState()
-    device = args.device or str(state.device)
-    dtype = DTYPES[args.dtype or ("float32" if device == "cpu" else "bfloat16")]
+    # On a machine without an accelerator, accelerate treats torchrun's processes as distributed only when told cpu
+    state = PartialState(cpu=args.device == "cpu" or not _has_accelerator())
+    device = torch.device(args.device) if args.device else state.device
+    if device.type == "cpu":  # accelerate says cpu:0 under torchrun; diffusers' SDXL then gives other bits than on cpu
+        device = torch.device("cpu")
+    dtype = DTYPES[args.dtype or ("float32" if device.type == "cpu" else "bfloat16")]
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.kind, model, device, dtype)
     pipe.set_progress_bar_config(disable=True)

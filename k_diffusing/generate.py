@@ -33,7 +33,6 @@ import json
 import math
 import re
 import sys
-import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -70,8 +69,7 @@ class Job:
 
     def digest(self) -> str:
         """The first 10 hex digits of the SHA-256 of the job's parameters (canonical JSON, the index left out)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "index"}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(self.parameters(), sort_keys=True).encode()).hexdigest()[:10]
 
     def parameters(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "index"}
@@ -319,8 +317,7 @@ def run_jobs(pipe, kind: str, jobs: list[Job], out: Path, rank: int = 0, world: 
                 record["status"] = "done"
             record.update(file=path.name, sha256=sha256_file(path), parameters=job.parameters())
         except Exception as error:  # a failing job is recorded and the others go on
-            record.update(status="failed", parameters=job.parameters(),
-                          error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=-3))
+            record.update(status="failed", parameters=job.parameters(), error=f"{type(error).__name__}: {error}")
         records.append(record)
         if progress is not None:
             progress.update()
@@ -332,7 +329,7 @@ def manifest_lines(records: list[dict]) -> str:
     that a rerun or another process count gives the same file."""
     lines = []
     for record in sorted(records, key=lambda r: r["index"]):
-        entry = {k: v for k, v in record.items() if k not in ("status", "traceback")}
+        entry = {k: v for k, v in record.items() if k != "status"}
         entry["ok"] = record["status"] != "failed"
         lines.append(json.dumps(entry, sort_keys=True, ensure_ascii=False))
     return "\n".join(lines) + "\n"

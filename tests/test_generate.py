@@ -183,7 +183,7 @@ def test_one_and_two_processes_give_the_same_bytes(tmp_path):
     single = _run([jobs, "--out", one, "--steps", "4"])
     assert single.returncode == 1, single.stderr[-2000:]  # the failing job
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    double = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", "-m", "k_diffusing",
+    double = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "k_diffusing",
                              "generate", str(jobs), "--out", str(two), "--steps", "4"],
                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "5 jobs: 4 rendered, 0 already there, 1 failed" in double.stderr, double.stderr[-3000:]

@@ -111,8 +111,9 @@ class PipelineDenoiser:
         return "a step of the sampler's own schedule"
 
     def timestep(self, i: int) -> torch.Tensor:
-        """The timestep the network sees at step ``i``'s sigma (what diffusers' callbacks receive as ``t``)."""
-        return self.inner.sigma_to_t(torch.tensor([self.sigmas[i]]))[0]
+        """The timestep the network sees at step ``i``'s sigma (what diffusers' callbacks receive as ``t``), from the
+        host path the samplers use, so it is the very value the network got."""
+        return torch.tensor(self.inner.host_t(self.sigmas[i]), dtype=torch.float32)
 
     def on_step_end(self, i: int, x: torch.Tensor):
         if self.check_finite and not bool(torch.isfinite(x).all()):

@@ -65,6 +65,14 @@ def paired_timesteps(sigma: torch.Tensor, t: torch.Tensor, known) -> torch.Tenso
     return torch.where(hit.any(1), known_t[hit.to(torch.uint8).argmax(1)], t)
 
 
+def discrete_denoised(x: torch.Tensor, s: torch.Tensor, prediction: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """``D`` in VE units from a discrete network's prediction at ``x`` (``s``: sigma, broadcastable): eps gives
+    ``x - s eps``; v gives ``c_skip x + c_out v`` with ``c_skip = 1 / (s^2 + 1)``, ``c_out = -s / sqrt(s^2 + 1)``."""
+    if prediction_type == "epsilon":
+        return x - s * prediction
+    return x / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * prediction
+
+
 def _as_known(known):
     return None if known is None else tuple(torch.as_tensor(k, dtype=torch.float32) for k in known)
 
@@ -170,9 +178,7 @@ class DiscreteDenoiser(BridgeDenoiser):
         s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
         x_in = x / (s**2 + 1) ** 0.5  # c_in x, written as diffusers' scale_model_input writes it
         prediction = self.net(x_in.to(self.net_dtype), self.timesteps(sigma, sigma_host)).to(x.dtype)
-        if self.prediction_type == "epsilon":
-            return x - s * prediction
-        return x / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * prediction
+        return discrete_denoised(x, s, prediction, self.prediction_type)
 
 
 class FlowDenoiser(BridgeDenoiser):

@@ -1,6 +1,15 @@
-"""diffusers pipelines whose denoising loop is a k-sampler."""
+"""diffusers pipelines whose denoising loop is a k-sampler (loaded on first use, so that
+:mod:`k_diffusing.scheduler` can import the shared helpers here without loading every pipeline)."""
 
-from .flux import KFluxPipeline
-from .sdxl import KSDXLPipeline
+import importlib
 
-__all__ = ["KFluxPipeline", "KSDXLPipeline"]
+_MODULES = {"KFluxPipeline": "flux", "KSDXLPipeline": "sdxl"}
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_MODULES)

@@ -26,19 +26,7 @@ from ..geometry import FLOW
 from ..schedules import flow_sigma_table, get_sigmas
 from .common import (SavesAsParent, check_latents, check_schedule_fits, check_sigmas, check_steps, pick_sampler,
                      run_sampler)
-from .schedulers import scheduler_sigmas
-
-
-def flow_shift(scheduler, mu: float) -> float:
-    """The shift ``a`` of ``sigma' = a sigma / (1 + (a - 1) sigma)``: ``exp(mu)`` with dynamic shifting (FLUX's
-    resolution-dependent shift, Esser et al. 2024, arXiv 2403.03206, Sec. 5.3.2), else the config's ``shift``."""
-    config = scheduler.config
-    if config.get("use_dynamic_shifting", False):
-        if config.get("time_shift_type", "exponential") != "exponential":
-            raise ValueError(f"time_shift_type {config.time_shift_type!r} is not supported for catalogue schedules; "
-                             "use sigma_schedule=None (the scheduler's own sigmas)")
-        return math.exp(mu)
-    return float(config.get("shift", 1.0))
+from .schedulers import flow_shift, scheduler_sigmas
 
 
 class KFluxPipeline(SavesAsParent, FluxPipeline):

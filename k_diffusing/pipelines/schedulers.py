@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -176,3 +177,14 @@ def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor):
     positive = sigmas[sigmas > 0]
     return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed)
 
+
+def flow_shift(scheduler, mu: float) -> float:
+    """The shift ``a`` of ``sigma' = a sigma / (1 + (a - 1) sigma)``: ``exp(mu)`` with dynamic shifting (FLUX's
+    resolution-dependent shift, Esser et al. 2024, arXiv 2403.03206, Sec. 5.3.2), else the config's ``shift``."""
+    config = scheduler.config
+    if config.get("use_dynamic_shifting", False):
+        if config.get("time_shift_type", "exponential") != "exponential":
+            raise ValueError(f"time_shift_type {config.time_shift_type!r} is not supported for catalogue schedules; "
+                             "use sigma_schedule=None (the scheduler's own sigmas)")
+        return math.exp(mu)
+    return float(config.get("shift", 1.0))

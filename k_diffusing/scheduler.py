@@ -1,0 +1,552 @@
+"""KScheduler: any k-sampler behind diffusers' scheduler protocol, so every diffusers pipeline can run it.
+
+    pipe.scheduler = KScheduler.from_config(pipe.scheduler.config, sampler="dpmpp_2m_sde", sigma_schedule="karras")
+
+Inversion of control: a diffusers pipeline owns the loop and calls the network; a k-sampler is a function that calls
+its denoiser. KScheduler runs the sampler in a greenlet (a coroutine on the pipeline's own thread: same grad mode,
+same CUDA stream, no locks) that is suspended at every model call. ``step(model_output, t, sample)`` turns the
+network's output into the denoised estimate ``D``, resumes the sampler with it, and returns the point of the
+sampler's next model call (or its result after the last call) as ``prev_sample``. The functional samplers are
+unchanged.
+
+The call plan: before sampling, :func:`plan_calls` runs the sampler once on a 1-element zero tensor with a zero
+denoiser and zero noise, recording the sigma of every model call and where each sampler step starts. ``timesteps``
+lists one entry per call (multi-call samplers list every call, as diffusers' HeunDiscreteScheduler does) and
+``order`` is the calls per step. Samplers whose calls depend on the data (``dpm_adaptive``) are refused.
+
+Latent convention: VE units for discrete models (``x = x0 + sigma eps``, as diffusers' Euler schedulers keep them:
+``scale_model_input`` divides by ``sqrt(sigma^2 + 1)``), flow units for flow models (``x = (1 - sigma) x0 +
+sigma eps``, unscaled). Latents the pipeline changes between calls (inpainting's blend with the re-noised original,
+a callback that returns new latents) become the sampler's state: ``step`` copies them into the tensor the sampler
+asked about when they are not the very tensor it handed out.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import diffusers
+import greenlet
+import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.utils import BaseOutput
+
+from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas_from_alphas_cumprod
+from .geometry import FLOW, VE, Geometry
+from .registry import SamplerSpec
+from .schedules import flow_sigma_table, get_sigmas
+from .pipelines.common import check_schedule_fits, check_sigmas, check_steps, pick_sampler, takes_generator
+from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, scheduler_sigmas
+
+logger = logging.getLogger(__name__)
+
+# KScheduler's own config keys; every other key is the base scheduler's.
+OWN_KEYS = ("base_scheduler", "sampler", "sigma_schedule", "sampler_kwargs", "quantize_timesteps", "check_finite")
+# Samplers whose model calls depend on the data, so no schedule of timesteps can be given to the pipeline upfront.
+UNPLANNABLE = {"dpm_adaptive"}
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """The model calls of one sampler run: the sigma of each call, and the index of each step's first call."""
+
+    sigmas: tuple[float, ...]
+    step_starts: tuple[int, ...]
+
+    @property
+    def order(self) -> int:
+        """Calls per step (diffusers' ``scheduler.order``): the most calls any step but the last makes."""
+        bounds = self.step_starts + (len(self.sigmas),)
+        counts = [b - a for a, b in zip(bounds, bounds[1:])]
+        return max(counts[:-1] or counts or [1])
+
+
+class _Recorder:
+    """Dry-run denoiser: ``D = 0``; records each call's sigma and where each step starts (step-end protocol)."""
+
+    takes_host_sigma = True
+
+    def __init__(self, geometry: Geometry):
+        self.geometry = geometry
+        self.sigmas: list[float] = []
+        self.step_starts: list[int] = [0]
+
+    def __call__(self, x, sigma, sigma_host=None, **_):
+        self.sigmas.append(float(sigma[0]) if sigma_host is None else sigma_host)
+        return torch.zeros_like(x)
+
+    def on_step_end(self, i, x):
+        self.step_starts.append(len(self.sigmas))
+
+
+def _zero_noise(sigma, sigma_next):
+    return torch.zeros(1, 1)
+
+
+def plan_calls(function: Callable, kwargs: dict, sigmas: list[float], geometry: Geometry) -> CallPlan:
+    """Run ``function`` on a zero 1x1 state with a zero denoiser and zero noise (the global RNG is restored) and
+    record its model calls. Valid for every sampler whose call sigmas depend only on the schedule and options."""
+    recorder = _Recorder(geometry)
+    dry = {k: v for k, v in kwargs.items() if k not in ("noise_sampler", "brownian", "generator")}
+    target = function.function if isinstance(function, SamplerSpec) else function
+    params = inspect.signature(target).parameters
+    if "noise_sampler" in params:
+        dry["noise_sampler"] = _zero_noise
+    with torch.random.fork_rng(devices=[]):
+        function(recorder, torch.zeros(1, 1), torch.tensor(sigmas, dtype=torch.float64), disable=True, **dry)
+    starts = tuple(s for s in recorder.step_starts if s < len(recorder.sigmas))
+    return CallPlan(tuple(recorder.sigmas), tuple(sorted(set(starts))))
+
+
+class _Call(NamedTuple):
+    """A model call the suspended sampler asks for: the point ``x`` (the sampler's own tensor) and its sigma."""
+
+    x: torch.Tensor
+    sigma: float
+
+
+class _Done(NamedTuple):
+    x: torch.Tensor
+
+
+class _Suspending:
+    """The denoiser the live sampler sees: each call suspends the sampler and hands ``(x, sigma)`` to ``step``,
+    which resumes it with ``D(x, sigma)``."""
+
+    takes_host_sigma = True
+
+    def __init__(self, geometry: Geometry):
+        self.geometry = geometry
+
+    def __call__(self, x, sigma, sigma_host=None, **_):
+        return greenlet.getcurrent().parent.switch(_Call(x, float(sigma[0]) if sigma_host is None else sigma_host))
+
+
+@dataclass
+class KSchedulerOutput(BaseOutput):
+    """``prev_sample``: the point of the sampler's next model call (its result after the last call);
+    ``pred_original_sample``: the denoised estimate ``D`` of this call."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+def is_flow_config(class_name: str, config) -> bool:
+    """Flow matching: a FlowMatch* scheduler, or a DPM/UniPC-style one configured with flow sigmas."""
+    return (class_name.startswith("FlowMatch") or bool(config.get("use_flow_sigmas", False))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+def _base_class(name: str | None, config: dict) -> type:
+    """The diffusers scheduler class that computes the schedule: the config's ``_class_name``, or (when it names
+    none) FlowMatchEulerDiscreteScheduler for a flow-looking config and EulerDiscreteScheduler otherwise."""
+    if name:
+        cls = getattr(diffusers, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)) or cls is KScheduler:
+            raise ValueError(f"base scheduler {name!r} is not a diffusers scheduler class")
+        return cls
+    flow_keys = {"shift", "use_dynamic_shifting", "base_shift", "max_shift"}
+    if flow_keys & set(config) and "beta_start" not in config:
+        return diffusers.FlowMatchEulerDiscreteScheduler
+    return diffusers.EulerDiscreteScheduler
+
+
+def _is_uniform_flow_default(sigmas) -> bool:
+    """``sigmas`` are ``linspace(1, 1/n, n)``, the FLUX-family pipelines' default (they always pass sigmas)."""
+    values = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    n = len(values)
+    return n >= 1 and bool(torch.allclose(values, torch.linspace(1.0, 1.0 / n, n, dtype=torch.float64), atol=1e-6))
+
+
+class KScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that runs a k-sampler (any registry name, A1111 name or sampler function).
+
+    Args:
+        base_scheduler: the diffusers scheduler class (name) whose config this is; it computes the scheduler's own
+            schedule (``sigma_schedule=None``) and, with ``sampler=None``, names the k-equivalent sampler.
+        sampler: registry name (``"dpmpp_2m"``), A1111 name (``"DPM++ 2M Karras"``; its schedule suffix applies
+            unless ``sigma_schedule`` is given) or a sampler function ``f(model, x, sigmas, ...)``. ``None``: the
+            k-sampler equivalent to the base scheduler (EulerDiscrete -> euler, Heun -> heun, ...), so swapping
+            KScheduler in changes only the implementation.
+        sigma_schedule: a schedule of :mod:`k_diffusing.schedules` over the model's sigma table (discrete) or shifted
+            flow table (flow). ``None``: the base scheduler's own sigmas.
+        sampler_kwargs: the sampler's options (``eta``, ``s_noise``, ``order``, ...); unknown ones raise.
+        quantize_timesteps: feed the network the nearest integer timestep (ComfyUI) instead of the continuous one
+            (k-diffusion, A1111); discrete models only.
+        check_finite: after every call, raise ``FloatingPointError`` if the latents hold NaN/inf (one host sync per
+            call on an accelerator).
+        **base_config: the base scheduler's config (betas, spacing, prediction type, shift, ...).
+    """
+
+    config_name = "scheduler_config.json"
+    _compatibles: list = []
+    order = 1
+
+    def __init__(self, base_scheduler: str | None = None, sampler: str | Callable | None = None,
+                 sigma_schedule: str | None = None, sampler_kwargs: dict[str, Any] | None = None,
+                 quantize_timesteps: bool = False, check_finite: bool = False, **base_config):
+        base_config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+        cls = _base_class(base_scheduler, base_config)
+        self._set_base(cls.from_config(base_config), sampler, sigma_schedule, sampler_kwargs, quantize_timesteps,
+                       check_finite)
+
+    @classmethod
+    def from_scheduler(cls, scheduler, sampler: str | Callable | None = None, sigma_schedule: str | None = None,
+                       sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool = False,
+                       check_finite: bool = False) -> "KScheduler":
+        """A KScheduler around a scheduler object (a copy of it computes the schedule; its config need not carry
+        ``_class_name``). From a KScheduler, its base is reused."""
+        if isinstance(scheduler, KScheduler):
+            scheduler = scheduler.base
+        self = cls.__new__(cls)
+        self._set_base(copy.deepcopy(scheduler), sampler, sigma_schedule, sampler_kwargs, quantize_timesteps,
+                       check_finite)
+        return self
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs: bool = False, **kwargs):
+        """From a diffusers scheduler's config (its ``_class_name`` names the base) or a saved KScheduler config;
+        ``sampler``, ``sigma_schedule``, ... come as keywords, other keywords override base config entries."""
+        if "pretrained_model_name_or_path" in kwargs:
+            config, kwargs = cls.load_config(kwargs.pop("pretrained_model_name_or_path"), return_unused_kwargs=True,
+                                             **kwargs)
+        config = dict(config or {})
+        is_own = config.get("_class_name") == cls.__name__
+        own = {k: config[k] for k in OWN_KEYS if k in config}
+        if not is_own:
+            own = {"base_scheduler": config.get("_class_name")}
+        own.update({k: kwargs.pop(k) for k in OWN_KEYS if k in kwargs})
+        base_config = {k: v for k, v in config.items() if k not in OWN_KEYS}
+        base_config.update(kwargs)
+        scheduler = cls(**own, **base_config)
+        return (scheduler, {}) if return_unused_kwargs else scheduler
+
+    def _set_base(self, base, sampler, sigma_schedule, sampler_kwargs, quantize_timesteps, check_finite):
+        if isinstance(sampler, str) and sampler.strip() in UNPLANNABLE or getattr(sampler, "name", None) in UNPLANNABLE:
+            raise ValueError(
+                f"sampler {sampler!r} chooses its number of model calls from the data (adaptive step size), so a "
+                "pipeline cannot be given its timesteps in advance; use it through k_diffusing.sampling, or pick "
+                "a fixed-step sampler (dpm_fast, dpmpp_2m, uni_pc, ...)"
+            )
+        if sampler_kwargs is not None and not isinstance(sampler_kwargs, dict):
+            raise TypeError(f"sampler_kwargs must be a dict of sampler options, got {type(sampler_kwargs).__name__}")
+        self.base = base
+        self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) else VE
+        if self.geometry is VE and base.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {base.config.prediction_type!r} is not supported; accepted: "
+                             "'epsilon', 'v_prediction' (discrete) or a flow-matching scheduler")
+        if quantize_timesteps and self.geometry is FLOW:
+            raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000")
+        self._function, self._spec, self._schedule, self._kwargs = pick_sampler(base, sampler, sigma_schedule,
+                                                                                sampler_kwargs)
+        config = {k: v for k, v in base.config.items() if not k.startswith("_") and k not in OWN_KEYS}
+        base_name = type(base).__name__ if hasattr(diffusers, type(base).__name__) else known_class(base)
+        self.register_to_config(**config, base_scheduler=base_name, sampler=sampler, sigma_schedule=sigma_schedule,
+                                sampler_kwargs=dict(sampler_kwargs or {}), quantize_timesteps=bool(quantize_timesteps),
+                                check_finite=bool(check_finite))
+        self._generator = None
+        self.timesteps = None
+        self.sigmas = None
+        self.num_inference_steps = None
+        self._plan = None
+        self._reset()
+
+    # --- the schedule ------------------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      timesteps: list[int] | None = None, sigmas: list[float] | None = None, mu: float | None = None):
+        """Set up the run: the schedule (the base scheduler's own, or ``sigma_schedule``), then the call plan.
+
+        ``timesteps`` / ``sigmas`` are custom schedules as the base scheduler takes them (they replace
+        ``num_inference_steps``); ``mu`` is the dynamic flow shift. With a ``sigma_schedule``, FLUX-family
+        pipelines' default ``sigmas`` (``linspace(1, 1/n, n)``) only give the step count; other custom schedules
+        are refused (two schedules would be chosen).
+        """
+        self._reset()
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Only one of `timesteps` or `sigmas` can be passed")
+        own = None
+        if self._schedule is not None:
+            if timesteps is not None or (sigmas is not None and not _is_uniform_flow_default(sigmas)):
+                raise ValueError(f"custom {'timesteps' if timesteps is not None else 'sigmas'} and "
+                                 f"sigma_schedule={self._schedule!r} both choose the schedule; pass one")
+            steps = check_steps(len(sigmas) if sigmas is not None else num_inference_steps)
+            k_sigmas = self._named_schedule(steps, mu)
+            known = None
+        else:
+            if timesteps is None and sigmas is None:
+                num_inference_steps = check_steps(num_inference_steps)
+            elif sigmas is not None:
+                check_sigmas(sigmas, self.geometry)
+            own = scheduler_sigmas(self.base, num_inference_steps, timesteps, sigmas, mu)
+            k_sigmas, known = own.sigmas, own.known
+        check_sigmas(k_sigmas, self.geometry)
+        self._k_sigmas = k_sigmas.tolist()
+        self._own = own
+        self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
+        self._bridge = self._timestep_map(known)
+        self._plan = plan_calls(self._function, self._kwargs, self._k_sigmas, self.geometry)
+        self._tail_checked = {0}
+        self.timesteps = torch.tensor([self._bridge.host_t(s) for s in self._plan.sigmas], dtype=torch.float32,
+                                      device=device)
+        self.sigmas = torch.tensor(self._plan.sigmas + (self._k_sigmas[-1],), dtype=torch.float32)
+        self.num_inference_steps = len(self._k_sigmas) - 1
+        self.order = self._plan.order
+
+    def _named_schedule(self, steps: int, mu: float | None) -> torch.Tensor:
+        config = self.base.config
+        if self.geometry is FLOW:
+            table = flow_sigma_table(flow_shift(self.base, mu), config.num_train_timesteps)
+            sigmas = get_sigmas(self._schedule, steps, sigma_table=table)
+            check_schedule_fits(sigmas, self._schedule, FLOW.sigma_max,
+                                "a flow model (x = (1 - sigma) x0 + sigma eps)")
+        else:
+            table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())
+            sigmas = get_sigmas(self._schedule, steps, sigma_table=table)
+            check_schedule_fits(sigmas, self._schedule, float(table[-1]), "the model's sigma table")
+        return sigmas
+
+    def _initial_scale(self, own, sigma_0: float) -> float:
+        """What the pipeline multiplies unit initial noise by: flow 1 (the state at sigma_0 is the noise itself);
+        discrete, the base scheduler's ``init_noise_sigma`` in VE units on its own schedule (exact parity, e.g.
+        ``sqrt(sigma^2 + 1)`` for 'leading' spacing), else the first sigma (k-diffusion's convention)."""
+        if self.geometry is FLOW:
+            return 1.0
+        if own is None:
+            return sigma_0
+        return own.init_noise_sigma * (math.sqrt(sigma_0**2 + 1) if own.vp_latents else 1.0)
+
+    def _timestep_map(self, known):
+        """A bridge denoiser used only for its sigma -> timestep rule (``host_t``)."""
+        if self.geometry is FLOW:
+            return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
+        mode = "quantized" if self.config.quantize_timesteps else "continuous"
+        return DiscreteDenoiser(None, self.base.alphas_cumprod, self.base.config.prediction_type, mode, known)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return getattr(self, "_init_noise_sigma", 1.0)
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next call into ``timesteps`` (None before the first call)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0):
+        """Start at call ``begin_index`` (img2img, the SDXL refiner): it must be the first call of a sampler step
+        whose run from there makes the same calls as the tail of the full plan."""
+        self._begin_step(begin_index)
+        self._begin_index = begin_index
+
+    def __len__(self) -> int:
+        return self.base.config.num_train_timesteps
+
+    def _reset(self):
+        greenlet_ = getattr(self, "_greenlet", None)
+        if greenlet_ is not None and not greenlet_.dead:
+            greenlet_.throw()
+        self._greenlet = None
+        self._pending = None
+        self._handed = None
+        self._handed_version = -1
+        self._step_index = None
+        self._begin_index = None
+
+    def _require_plan(self):
+        if self._plan is None:
+            raise RuntimeError("KScheduler.set_timesteps must be called before sampling")
+
+    def _begin_step(self, index: int) -> int:
+        """The sampler step whose first call is ``index``; the tail plan is checked once per index."""
+        self._require_plan()
+        starts = self._plan.step_starts
+        if index not in starts:
+            raise ValueError(
+                f"begin index {index} is not the first model call of a step of {self._sampler_name()} (steps start "
+                f"at calls {list(starts)}); this sampler cannot start mid-schedule here"
+            )
+        step = starts.index(index)
+        if index not in self._tail_checked:
+            tail = plan_calls(self._function, self._kwargs, self._k_sigmas[step:], self.geometry)
+            if tail.sigmas != self._plan.sigmas[index:]:
+                raise ValueError(
+                    f"{self._sampler_name()} started at step {step} makes other model calls than the tail of its "
+                    "full run, so it cannot start mid-schedule (img2img strength, denoising_start)"
+                )
+            self._tail_checked.add(index)
+        return step
+
+    def _sampler_name(self) -> str:
+        if self._spec is not None:
+            return f"sampler {self._spec.name!r}"
+        return f"sampler {getattr(self._function, '__name__', repr(self._function))}"
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """diffusers' rule: the call whose timestep equals ``timestep``; the second match when there are several."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        indices = (schedule == torch.as_tensor(timestep).to(schedule.device)).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"timestep {float(timestep)} is not one of this run's timesteps")
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def _init_step_index(self, timestep):
+        self._require_plan()
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else (
+                0 if timestep is None else self.index_for_timestep(timestep))
+
+    # --- the protocol ------------------------------------------------------------------------------------------
+
+    def set_generator(self, generator) -> None:
+        """The generator(s) for the sampler's noise when the pipeline passes none to ``step`` (FluxPipeline and
+        most flow pipelines): pass the generator you give the pipeline for reproducible noise."""
+        self._generator = generator
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """The network's input at the current call: ``x / sqrt(sigma^2 + 1)`` for discrete models (VP scaling of
+        VE latents), ``x`` for flow models."""
+        self._init_step_index(timestep)
+        if self.geometry is FLOW:
+            return sample
+        s = torch.full((), self._plan.sigmas[self._step_index], dtype=torch.float32, device=sample.device)
+        return sample / (s**2 + 1) ** 0.5
+
+    def _denoised(self, x: torch.Tensor, sigma: float, model_output: torch.Tensor) -> torch.Tensor:
+        s = torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
+        prediction = model_output.to(x.dtype)
+        if self.geometry is FLOW:
+            return x - s * prediction
+        return discrete_denoised(x, s, prediction, self.base.config.prediction_type)
+
+    def _start(self, sample: torch.Tensor, generator) -> _Call:
+        step = self._begin_step(self._step_index)
+        kwargs = dict(self._kwargs)
+        sigmas = self._k_sigmas[step:]
+        generator = generator if generator is not None else self._generator
+        if takes_generator(self._function):
+            kwargs.setdefault("generator", generator)
+        if self.config.sampler is None and self._own is not None and "noise_sampler" not in kwargs:
+            own_noise = brownian_noise_for(self.base, sample, self._own.sigmas.to(torch.float32))
+            if own_noise is not None:
+                kwargs["noise_sampler"] = own_noise
+        if generator is None and "noise_sampler" not in kwargs and (self._spec is None or self._spec.stochastic):
+            logger.warning("KScheduler: %s draws its noise from torch's global RNG (the pipeline passed no "
+                           "generator to step); call scheduler.set_generator(g) for reproducible noise",
+                           self._sampler_name())
+        model = _Suspending(self.geometry)
+
+        def run(x):
+            return _Done(self._function(model, x, torch.tensor(sigmas, dtype=torch.float64), disable=True,
+                                        **kwargs))
+
+        self._greenlet = greenlet.greenlet(run)
+        return self._resume(sample)
+
+    def _resume(self, value):
+        self._greenlet.parent = greenlet.getcurrent()
+        return self._greenlet.switch(value)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+             return_dict: bool = True):
+        """Give the sampler ``D`` at the current call and run it to its next call.
+
+        Args:
+            model_output: the network's (guided) prediction at ``sample``: eps / v (discrete) or velocity (flow).
+            timestep: the current timestep (used only to find the start when no begin index was set).
+            sample: the latents the network saw; if they are not the tensor the last ``step`` returned (inpainting,
+                a callback), they replace the sampler's state.
+            generator: one ``torch.Generator`` or one per batch item, for stochastic samplers (read at the first call).
+
+        Returns:
+            :class:`KSchedulerOutput` (``prev_sample``, ``pred_original_sample``) or that tuple.
+        """
+        self._init_step_index(timestep)
+        index = self._step_index
+        if index >= len(self._plan.sigmas):
+            raise RuntimeError(f"step called {index + 1} times; this run has {len(self._plan.sigmas)} model calls")
+        if self._greenlet is None:
+            call = self._start(sample, generator)
+        else:
+            call = self._pending
+            if not (sample is self._handed and sample._version == self._handed_version):
+                call.x.copy_(sample)
+        self._check_call(call, index)
+        denoised = self._denoised(call.x, call.sigma, model_output)
+        result = self._resume(denoised)
+        self._step_index = index + 1
+        if isinstance(result, _Call):
+            self._check_call(result, index + 1)
+            self._pending = result
+        elif self._step_index != len(self._plan.sigmas):
+            raise RuntimeError(f"{self._sampler_name()} finished after {self._step_index} model calls; its plan has "
+                               f"{len(self._plan.sigmas)}")
+        prev_sample = result.x.to(sample.dtype)
+        self._handed, self._handed_version = prev_sample, prev_sample._version
+        if self.config.check_finite and not bool(torch.isfinite(prev_sample).all()):
+            raise FloatingPointError(
+                f"the latents hold NaN/inf after model call {index} (sigma {call.sigma:.6g}); check_finite=True "
+                "stopped the run there (common causes: float16 overflow in the network, a schedule outside the "
+                "model's range, a sampler option such as a large s_noise)"
+            )
+        out_denoised = denoised.to(sample.dtype)
+        if not return_dict:
+            return prev_sample, out_denoised
+        return KSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out_denoised)
+
+    def _check_call(self, call, index: int):
+        if not isinstance(call, _Call):
+            raise RuntimeError(f"{self._sampler_name()} finished after {index} model calls; its plan has "
+                               f"{len(self._plan.sigmas)}")
+        planned = self._plan.sigmas[index]
+        if call.sigma != planned:
+            raise RuntimeError(
+                f"{self._sampler_name()} asked for sigma {call.sigma!r} at model call {index}, its plan says "
+                f"{planned!r}: its calls depend on more than the schedule and options, which KScheduler cannot run"
+            )
+
+    def _noise_sigmas(self, timesteps, like: torch.Tensor) -> torch.Tensor:
+        """The sigma of each timestep for ``add_noise`` by diffusers' rule: the current call once sampling has
+        begun, else the begin index, else a timestep lookup."""
+        self._require_plan()
+        timesteps = torch.as_tensor(timesteps).reshape(-1)
+        if self._begin_index is None and self._step_index is None:
+            indices = [self.index_for_timestep(t) for t in timesteps]
+        else:
+            index = self._step_index if self._step_index is not None else self._begin_index
+            indices = [index] * len(timesteps)
+        sigma = self.sigmas[indices].to(device=like.device, dtype=like.dtype)
+        return sigma.reshape((-1,) + (1,) * (like.ndim - 1))
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """``x0`` noised to each timestep's sigma in this scheduler's latent units: ``x0 + sigma noise`` (VE),
+        ``(1 - sigma) x0 + sigma noise`` (flow)."""
+        sigma = self._noise_sigmas(timesteps, original_samples)
+        if self.geometry is FLOW:
+            return sigma * noise + (1.0 - sigma) * original_samples
+        return original_samples + noise * sigma
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """FlowMatchEulerDiscreteScheduler's name for :meth:`add_noise` (flow img2img / inpainting)."""
+        return self.add_noise(sample, noise, timestep)
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """diffusers' ``save_config``, refusing what JSON cannot hold (a sampler function, a noise sampler object)."""
+        for key in ("sampler", "sampler_kwargs"):
+            try:
+                json.dumps(self.config[key])
+            except TypeError:
+                raise ValueError(
+                    f"KScheduler cannot save {key}={self.config[key]!r}: only registry names and JSON-serializable "
+                    "options round-trip through scheduler_config.json"
+                ) from None
+        return super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)

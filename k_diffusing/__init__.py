@@ -14,17 +14,23 @@ _PIPELINES = {"KFluxPipeline", "KSDXLPipeline"}
 
 
 def __getattr__(name):
-    """The pipelines import diffusers, so they load on first use: ``k_diffusing.KSDXLPipeline``, ``KFluxPipeline``."""
+    """The pipelines and KScheduler import diffusers, so they load on first use: ``k_diffusing.KScheduler``,
+    ``k_diffusing.KSDXLPipeline``, ``KFluxPipeline``."""
     if name in _PIPELINES:
         from . import pipelines
 
         return getattr(pipelines, name)
+    if name == "KScheduler":
+        from .scheduler import KScheduler
+
+        return KScheduler
     raise AttributeError(f"module 'k_diffusing' has no attribute {name!r}")
 
 __all__ = [
     "FLOW",
     "KFluxPipeline",
     "KSDXLPipeline",
+    "KScheduler",
     "VE",
     "FlowMatching",
     "Geometry",

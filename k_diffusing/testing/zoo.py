@@ -1,0 +1,503 @@
+"""A zoo of tiny offline diffusers pipelines, one per pipeline family a custom scheduler gets swapped into.
+
+Every case is diffusers' own pipeline class with random, deterministic (seeded), fp32, CPU, eval-mode components,
+built from configs (no hub access), plus the call arguments for a small, fast run (a few milliseconds per step at
+32x32). :data:`ZOO` maps a short name to a :class:`ZooCase`::
+
+    case = ZOO["flux_fill"]
+    pipe = case.build(scheduler=MyScheduler.from_config(case.default_scheduler().config))
+    latents = case.run(pipe, seed=0)  # = pipe(**case.inputs(generator))[0], shape case.latent_shape
+
+Sizes come from the repository's tiny components (:mod:`k_diffusing.testing.tiny` for SD/SDXL: CLIP width 32, a
+two-block UNet and VAE with ``vae_scale_factor`` 2; :mod:`k_diffusing.testing.tiny_flux` for FLUX: a one-block,
+one-latent-channel VAE and a 1 + 1 block transformer). The SD 1.5 and refiner UNets, the FLUX Fill transformer,
+the ControlNet and SD3's VAE are derived from those by config overrides (SD3's VAE then equals diffusers' tiny SD3
+test VAE); the SD3 transformer (with patch 2 and a 64-wide joint attention) and the Wan models take diffusers' own
+tiny test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``). Default schedulers follow
+the model repositories' ``scheduler_config.json`` (the Wan docs for Wan); see each ``_*_scheduler`` function.
+
+Every pipeline returns latents (``output_type="latent"``): SD/SDXL/SD3 as (B, C, H, W), FLUX packed as
+(B, tokens, 4 C), Wan as (B, C, frames, H, W).
+
+Run them single-threaded (``torch.set_num_threads(1)``) on a small shared CPU: the models gain nothing from
+intra-op threads, whose spin-waits under load were measured to slow a 4-step SDXL run from 0.07 s to 0.5-13 s.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLWan,
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5EncoderModel,
+    UMT5Config,
+    UMT5EncoderModel,
+)
+
+from .tiny import (
+    ADDITION_TIME_EMBED_DIM,
+    PROJECTION_DIM,
+    TEXT_HIDDEN_SIZE,
+    clip_text_config,
+    sdxl_scheduler_config,
+    seeded,
+    tiny_sdxl_components,
+    tiny_sdxl_unet,
+    tiny_sdxl_vae,
+)
+from .tiny_flux import _t5_config, flux_scheduler_config, tiny_flux_components, tiny_flux_transformer, tiny_flux_vae
+from .tokenizers import clip_tokenizer, t5_tokenizer
+
+DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps or v prediction)
+FLOW = "flow"  # rectified flow, x = (1 - sigma) x0 + sigma eps (velocity prediction)
+
+SEED = 0  # component seeds: SEED, SEED + 1, ... one per model, as in tiny.py and tiny_flux.py
+IMAGE_SEED = 1234  # the init / mask / control images, independent of the call's generator
+PROMPT = "a photo of a cat riding a horse"
+SIZE = 32  # image side in pixels for every case
+STEPS = 4
+STRENGTH = 0.6
+MAX_SEQUENCE_LENGTH = 32  # T5 tokens (the pipelines' defaults are 256-512)
+SD15_VAE_SCALING_FACTOR = 0.18215  # SD 1.5's vae/config.json
+SD3_VAE_SCALING_FACTOR = 1.5305  # SD3 medium's vae/config.json
+SD3_VAE_SHIFT_FACTOR = 0.0609
+SD3_T5_D_MODEL = 2 * TEXT_HIDDEN_SIZE  # >= the two CLIPs' concatenated width, as in SD3 (4096 >= 768 + 1280)
+NUM_REFINER_TIME_IDS = 5  # original_size (2) + crops_coords_top_left (2) + aesthetic_score (1)
+WAN_NUM_FRAMES = 5  # 4 k + 1 frames: 2 latent frames with the VAE's temporal factor 4
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    """One tiny pipeline: how to build it, how to call it, and what its scheduler sees.
+
+    ``components(scheduler)`` returns the pipeline's constructor keywords (fresh models, same weights every time);
+    ``default_scheduler()`` a fresh instance of the family's usual scheduler (configure a replacement from its
+    ``.config``); ``inputs(generator)`` the call keywords for a small run with ``output_type="latent"``.
+    ``geometry`` is :data:`DISCRETE` or :data:`FLOW`. ``step_gets_generator`` says whether the pipeline's loop
+    passes ``generator`` to ``scheduler.step`` (the SD/SDXL pipelines do when ``step`` has a ``generator``
+    parameter; SD3, FLUX and Wan never do). ``latent_shape`` is the shape of :meth:`run`'s latents.
+    """
+
+    name: str
+    pipeline_cls: type
+    geometry: str
+    step_gets_generator: bool
+    latent_shape: tuple[int, ...]
+    default_scheduler: Callable[[], Any]
+    components: Callable[[Any], dict]
+    inputs: Callable[[torch.Generator], dict]
+
+    def build(self, scheduler=None):
+        """The pipeline on CPU with the progress bar off; ``scheduler`` None means :meth:`default_scheduler`."""
+        if scheduler is None:
+            scheduler = self.default_scheduler()
+        pipe = self.pipeline_cls(**self.components(scheduler)).to("cpu")
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def run(self, pipe, seed: int = 0) -> torch.Tensor:
+        """``pipe``'s latents for :meth:`inputs` with a fresh generator seeded ``seed`` (images or video frames)."""
+        return pipe(**self.inputs(torch.Generator().manual_seed(seed)))[0]
+
+
+# --- default schedulers ------------------------------------------------------------------------------------------
+
+
+def _euler_scheduler(prediction_type: str):
+    return lambda: EulerDiscreteScheduler.from_config(sdxl_scheduler_config(prediction_type))
+
+
+def _flux_scheduler():
+    """FLUX.1-dev's FlowMatchEuler (dynamic shifting)."""
+    return FlowMatchEulerDiscreteScheduler.from_config(flux_scheduler_config())
+
+
+def _sd3_scheduler():
+    """SD3 medium's ``scheduler_config.json``: FlowMatchEuler, static shift 3.0, no dynamic shifting."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+
+def _wan_scheduler():
+    """Wan 2.1's default (diffusers' Wan docs): UniPC on flow sigmas, flow_shift 3.0 (480p)."""
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
+# --- components --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _config_of(builder) -> dict:
+    """The config of the model ``builder()`` makes (built once), as a base for overrides: its public keys only
+    (``from_config`` would keep the defaults listed in ``_use_default_values`` over any override)."""
+    return {key: value for key, value in builder().config.items() if not key.startswith("_")}
+
+
+def _derived(model_cls, builder, seed: int, **overrides):
+    """``model_cls`` from ``builder``'s config with ``overrides``, random weights from ``seed``, in eval mode."""
+    with seeded(seed):
+        return model_cls.from_config({**_config_of(builder), **overrides}).eval()
+
+
+def _seeded_eval(seed: int, make):
+    with seeded(seed):
+        return make().eval()
+
+
+def _sdxl(scheduler) -> dict:
+    """tiny.py's SDXL base components; no watermarker (the real default depends on invisible-watermark)."""
+    return {**tiny_sdxl_components(scheduler=scheduler, seed=SEED), "add_watermarker": False}
+
+
+def _sd15(scheduler) -> dict:
+    """SD 1.5's layout: one CLIPTextModel (width 32 = the UNet's cross-attention width), a UNet without SDXL's
+    addition embedding or linear projections, SD 1.5's VAE scaling factor; no safety checker."""
+    unet = _derived(
+        UNet2DConditionModel,
+        tiny_sdxl_unet,
+        SEED,
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        use_linear_projection=False,
+        addition_embed_type=None,
+        addition_time_embed_dim=None,
+        projection_class_embeddings_input_dim=None,
+    )
+    vae = tiny_sdxl_vae(SEED + 1)
+    vae.register_to_config(scaling_factor=SD15_VAE_SCALING_FACTOR)
+    tokenizer = clip_tokenizer()
+    return {
+        "vae": vae,
+        "text_encoder": _seeded_eval(SEED + 2, lambda: CLIPTextModel(clip_text_config(tokenizer))),
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+        "requires_safety_checker": False,
+    }
+
+
+def _sdxl_refiner(scheduler) -> dict:
+    """SDXL refiner 1.0's layout: ``text_encoder_2`` only (its penultimate states, width 32, are the UNet's
+    cross-attention input), ``requires_aesthetics_score`` (5 time ids: the UNet's addition embedding takes
+    32 + 5 * 8 = 72 features), ``force_zeros_for_empty_prompt`` off as in the refiner's ``model_index.json``."""
+    tokenizer_2 = clip_tokenizer()
+    unet = _derived(
+        UNet2DConditionModel,
+        tiny_sdxl_unet,
+        SEED,
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        projection_class_embeddings_input_dim=PROJECTION_DIM + NUM_REFINER_TIME_IDS * ADDITION_TIME_EMBED_DIM,
+    )
+    text_encoder_2 = _seeded_eval(SEED + 3, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer_2)))
+    return {
+        "vae": tiny_sdxl_vae(SEED + 1),
+        "text_encoder": None,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": None,
+        "tokenizer_2": tokenizer_2,
+        "unet": unet,
+        "scheduler": scheduler,
+        "requires_aesthetics_score": True,
+        "force_zeros_for_empty_prompt": False,
+        "add_watermarker": False,
+    }
+
+
+def _tiny_controlnet(unet, seed: int):
+    """``ControlNetModel.from_unet`` (UNet weights, a conditioning embedding that downsamples by the VAE's 2), with
+    its zero-initialized output convolutions drawn from N(0, 0.1^2) so that the control image changes the UNet's
+    prediction (a freshly initialized ControlNet contributes exactly zero)."""
+    with seeded(seed):
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+        for module in (
+            controlnet.controlnet_cond_embedding.conv_out,
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+        ):
+            for parameter in module.parameters():
+                torch.nn.init.normal_(parameter, std=0.1)
+    return controlnet.eval()
+
+
+def _sdxl_controlnet(scheduler) -> dict:
+    components = _sdxl(scheduler)
+    return {**components, "controlnet": _tiny_controlnet(components["unet"], SEED + 4)}
+
+
+def _sd3(scheduler) -> dict:
+    """SD3's layout: two CLIPTextModelWithProjection (pooled 32 + 32 = the transformer's ``pooled_projection_dim``
+    64), a T5 of width 64 (= ``joint_attention_dim``; the CLIPs' concatenated 64-wide states are padded to it), a
+    quant-conv-free VAE (tiny_flux's, with 4 latent channels and SD3's scaling and shift factors, so
+    ``vae_scale_factor`` 1) and a one-layer SD3Transformer2DModel at diffusers' tiny test sizes, patch 2."""
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    t5_config = _t5_config(tokenizer_3)
+    t5_config.d_model = SD3_T5_D_MODEL
+    with seeded(SEED):
+        transformer = SD3Transformer2DModel(
+            sample_size=SIZE,
+            patch_size=2,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=SD3_T5_D_MODEL,
+            caption_projection_dim=32,
+            pooled_projection_dim=2 * PROJECTION_DIM,
+            out_channels=4,
+            pos_embed_max_size=SIZE // 2,
+        )
+    vae = _derived(
+        AutoencoderKL,
+        tiny_flux_vae,
+        SEED + 1,
+        latent_channels=4,
+        scaling_factor=SD3_VAE_SCALING_FACTOR,
+        shift_factor=SD3_VAE_SHIFT_FACTOR,
+    )
+    return {
+        "transformer": transformer.eval(),
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": _seeded_eval(SEED + 2, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer))),
+        "tokenizer": tokenizer,
+        "text_encoder_2": _seeded_eval(SEED + 3, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer_2))),
+        "tokenizer_2": tokenizer_2,
+        "text_encoder_3": _seeded_eval(SEED + 4, lambda: T5EncoderModel(t5_config)),
+        "tokenizer_3": tokenizer_3,
+    }
+
+
+def _flux(scheduler) -> dict:
+    components = tiny_flux_components(scheduler=scheduler, seed=SEED)
+    del components["image_encoder"], components["feature_extractor"]  # None by default; FluxFill has neither
+    return components
+
+
+def _flux_fill(scheduler) -> dict:
+    """FLUX.1-Fill's layout: the transformer reads the packed noisy latents (4), masked-image latents (4) and mask
+    (vae_scale_factor^2 = 1 channel, packed 2x2: 4) concatenated, 12 features per token, and predicts 4."""
+    transformer = _derived(FluxTransformer2DModel, tiny_flux_transformer, SEED, in_channels=12, out_channels=4)
+    return {**_flux(scheduler), "transformer": transformer}
+
+
+def _wan(scheduler) -> dict:
+    """Wan 2.1 T2V's layout at diffusers' tiny test sizes: a two-layer WanTransformer3DModel (2 heads of 12, patch
+    (1, 2, 2)), an AutoencoderKLWan with base width 3 (x8 spatial, x4 temporal, 16 latent channels) and a UMT5
+    encoder of width 32 (= the transformer's ``text_dim``)."""
+    tokenizer = t5_tokenizer()
+    umt5_config = UMT5Config(**{**_t5_config(tokenizer).to_dict(), "model_type": "umt5"})
+    with seeded(SEED):
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=16,
+            out_channels=16,
+            text_dim=umt5_config.d_model,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        )
+    with seeded(SEED + 1):
+        vae = AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": _seeded_eval(SEED + 2, lambda: UMT5EncoderModel(umt5_config)),
+        "vae": vae.eval(),
+        "scheduler": scheduler,
+        "transformer": transformer.eval(),
+    }
+
+
+# --- inputs ------------------------------------------------------------------------------------------------------
+
+
+def _random_image() -> PIL.Image.Image:
+    """A SIZE x SIZE RGB image of uniform noise from :data:`IMAGE_SEED`."""
+    generator = torch.Generator().manual_seed(IMAGE_SEED)
+    pixels = torch.randint(0, 256, (SIZE, SIZE, 3), generator=generator, dtype=torch.uint8)
+    return PIL.Image.fromarray(pixels.numpy(), mode="RGB")
+
+
+def _square_mask() -> PIL.Image.Image:
+    """White (repaint) on the centre square of half the side, black (keep) elsewhere."""
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    mask[SIZE // 4 : 3 * SIZE // 4, SIZE // 4 : 3 * SIZE // 4] = 255
+    return PIL.Image.fromarray(mask.numpy(), mode="L")
+
+
+def _text_to_image(generator, **extra) -> dict:
+    return {
+        "prompt": PROMPT,
+        "height": SIZE,
+        "width": SIZE,
+        "num_inference_steps": STEPS,
+        "output_type": "latent",
+        "generator": generator,
+        **extra,
+    }
+
+
+def _img2img(generator, **extra) -> dict:
+    return {
+        "prompt": PROMPT,
+        "image": _random_image(),
+        "strength": STRENGTH,
+        "num_inference_steps": STEPS,
+        "output_type": "latent",
+        "generator": generator,
+        **extra,
+    }
+
+
+def _inpaint(generator, **extra) -> dict:
+    return _text_to_image(generator, image=_random_image(), mask_image=_square_mask(), strength=STRENGTH, **extra)
+
+
+def _short_t5(make):
+    """``make`` with ``max_sequence_length`` :data:`MAX_SEQUENCE_LENGTH` (pipelines with a T5 encoder)."""
+    return lambda generator: make(generator, max_sequence_length=MAX_SEQUENCE_LENGTH)
+
+
+# --- the zoo -----------------------------------------------------------------------------------------------------
+
+_SD_LATENTS = (1, 4, SIZE // 2, SIZE // 2)  # tiny.py's VAE: 4 channels, x2
+_FLUX_LATENTS = (1, (SIZE // 2) ** 2, 4)  # tiny_flux's VAE: 1 channel, x1; packed 2x2
+_EULER_EPS = _euler_scheduler("epsilon")
+
+
+def _cases():
+    yield ZooCase("sd15", StableDiffusionPipeline, DISCRETE, True, _SD_LATENTS, _EULER_EPS, _sd15, _text_to_image)
+    yield ZooCase(
+        "sd15_v",
+        StableDiffusionPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _euler_scheduler("v_prediction"),
+        _sd15,
+        _text_to_image,
+    )
+    yield ZooCase("sdxl", StableDiffusionXLPipeline, DISCRETE, True, _SD_LATENTS, _EULER_EPS, _sdxl, _text_to_image)
+    yield ZooCase(
+        "sdxl_img2img", StableDiffusionXLImg2ImgPipeline, DISCRETE, True, _SD_LATENTS, _EULER_EPS, _sdxl, _img2img
+    )
+    yield ZooCase(
+        "sdxl_inpaint", StableDiffusionXLInpaintPipeline, DISCRETE, True, _SD_LATENTS, _EULER_EPS, _sdxl, _inpaint
+    )
+    yield ZooCase(
+        "sdxl_controlnet",
+        StableDiffusionXLControlNetPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _EULER_EPS,
+        _sdxl_controlnet,
+        lambda generator: _text_to_image(generator, image=_random_image()),
+    )
+    yield ZooCase(
+        "sdxl_refiner",
+        StableDiffusionXLImg2ImgPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _EULER_EPS,
+        _sdxl_refiner,
+        _img2img,
+    )
+    yield ZooCase(
+        "sd3",
+        StableDiffusion3Pipeline,
+        FLOW,
+        False,
+        (1, 4, SIZE, SIZE),
+        _sd3_scheduler,
+        _sd3,
+        _short_t5(_text_to_image),
+    )
+    yield ZooCase(
+        "flux", FluxPipeline, FLOW, False, _FLUX_LATENTS, _flux_scheduler, _flux, _short_t5(_text_to_image)
+    )
+    yield ZooCase(
+        "flux_img2img",
+        FluxImg2ImgPipeline,
+        FLOW,
+        False,
+        _FLUX_LATENTS,
+        _flux_scheduler,
+        _flux,
+        _short_t5(lambda generator, **kw: _img2img(generator, height=SIZE, width=SIZE, **kw)),
+    )
+    yield ZooCase(
+        "flux_inpaint", FluxInpaintPipeline, FLOW, False, _FLUX_LATENTS, _flux_scheduler, _flux, _short_t5(_inpaint)
+    )
+    yield ZooCase(
+        "flux_fill", FluxFillPipeline, FLOW, False, _FLUX_LATENTS, _flux_scheduler, _flux_fill, _short_t5(_inpaint)
+    )
+    # Kontext rescales height x width to max_area (default 1024^2) and, with _auto_resize, the input image to a
+    # trained resolution (at least 672 px): both are held at SIZE x SIZE.
+    yield ZooCase(
+        "flux_kontext",
+        FluxKontextPipeline,
+        FLOW,
+        False,
+        _FLUX_LATENTS,
+        _flux_scheduler,
+        _flux,
+        _short_t5(
+            lambda generator, **kw: _text_to_image(
+                generator, image=_random_image(), max_area=SIZE * SIZE, _auto_resize=False, **kw
+            )
+        ),
+    )
+    yield ZooCase(
+        "wan",
+        WanPipeline,
+        FLOW,
+        False,
+        (1, 16, 1 + (WAN_NUM_FRAMES - 1) // 4, SIZE // 8, SIZE // 8),
+        _wan_scheduler,
+        _wan,
+        _short_t5(lambda generator, **kw: _text_to_image(generator, num_frames=WAN_NUM_FRAMES, **kw)),
+    )
+
+
+ZOO: dict[str, ZooCase] = {case.name: case for case in _cases()}
+
+__all__ = ["DISCRETE", "FLOW", "ZOO", "ZooCase"]

@@ -30,20 +30,13 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:Should have"),
+    pytest.mark.usefixtures("single_thread"),
 ]
 
 PARITY = {torch.float64: 1e-6, torch.float32: 5e-6}  # see the module docstring for the measured values
 DISCRETE_PAIRS = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
                   "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
 SAMPLERS = ["euler_ancestral", "heun", "dpmpp_2m_sde", "uni_pc", "res_multistep"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,15 +17,9 @@ pytest.importorskip("transformers")
 
 from k_diffusing.testing.zoo import DISCRETE, FLOW, ZOO
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SEED = 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=list(ZOO))

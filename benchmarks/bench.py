@@ -13,11 +13,20 @@
 3. Accuracy per model call on the analytic Gaussian-mixture denoiser (exact solution by DOP853): max error of each
    sampler at 5, 10, 20, 40 calls, and of the matching diffusers scheduler driven as a k-sampler
    (:func:`k_diffusing.parity.scheduler_sampler`) on the same sigmas; a table and ``accuracy.svg``.
+4. (GPU) ``torch.compile`` of the network under the bridge: latents against eager, time of a warm run.
+5. KScheduler against the native scheduler it replaces (``KScheduler.from_scheduler(native)``, the equivalent
+   k-sampler) per model call: ``scale_model_input`` (where the native loop calls it) + ``step`` around a zero-cost
+   network, on SDXL's and FLUX's scheduler configs at both latent sizes, runs of both sides alternating (ratio: median
+   of the per-run ratios, with quartiles); and ``set_timesteps`` (KScheduler's includes a dry run of the sampler).
+
+    python benchmarks/bench.py --only scheduler --threads 1 --steady-heap   # one section; the others' results kept
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import math
 import os
@@ -51,6 +60,8 @@ OVERHEAD_PAIRS = {
 }
 # Sampler options timed as extra rows (the multistep SDE samplers' Gaussian noise, diffusers' kind of noise).
 OVERHEAD_OPTIONS = {"dpmpp_2m_sde": [{"brownian": False}], "dpmpp_3m_sde": [{"brownian": False}]}
+# Sections, in the order of a full run (--only picks some): 1, 2, 3, 4 (GPU), 5.
+SECTIONS = ("overhead", "pipeline", "accuracy", "compiled", "scheduler")
 
 
 def _sync(device: str) -> None:
@@ -58,22 +69,69 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def steady_heap() -> None:
+    """glibc malloc: never trim the heap and serve blocks below 32 MiB (its largest mmap threshold) from it, so that a
+    freed full-size temporary is reused rather than handed back to the OS and faulted in again at the next allocation.
+    Without it, how often that happens depends on the process's allocation history: it moved the FLUX-size ratios of
+    section 5 by up to 2x from one process to the next (0 to 440 page faults per call)."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not (hasattr(libc, "mallopt") and libc.mallopt(m_trim_threshold, 1 << 30)
+            and libc.mallopt(m_mmap_threshold, 32 << 20)):
+        raise RuntimeError("--steady-heap needs glibc's mallopt")
+
+
+def _seconds(run, device: str, setup=None) -> float:
+    """The time of one ``run()``, after an untimed ``setup()``."""
+    if setup is not None:
+        setup()
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def _median_seconds(run, device: str, repeats: int) -> float:
     run()  # warm-up (allocator, lazy imports, kernels)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(run, device) for _ in range(repeats))
 
 
-def _scheduler(name: str, config: dict):
+def _alternating_seconds(sides: dict, device: str, repeats: int) -> dict[str, list[float]]:
+    """``sides``: name -> (setup or None, run). The times of ``repeats`` runs of each side, the sides taking turns
+    (order reversed every other round, so that drift and other processes' load fall on all alike), after a warm-up."""
+    for setup, run in sides.values():
+        _seconds(run, device, setup)
+    names = list(sides)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            times[name].append(_seconds(sides[name][1], device, sides[name][0]))
+    return times
+
+
+def _scheduler(name: str, config: dict, base: dict | None = None):
+    """diffusers scheduler ``name`` from ``base`` (default: the SDXL beta table; none for FlowMatch) and ``config``."""
     import diffusers
 
-    return getattr(diffusers, name)(**({**SDXL_TABLE, **config} if not name.startswith("FlowMatch") else config))
+    if base is None:
+        base = {} if name.startswith("FlowMatch") else SDXL_TABLE
+    return getattr(diffusers, name).from_config({**base, **config})
+
+
+def _scheduler_loop(scheduler, sample, output, scale_input: bool, **step_kwargs):
+    """A pipeline's denoising loop around a zero-cost network whose output is always ``output``: per timestep (model
+    call), ``scale_model_input`` (when ``scale_input``: the pipelines call it where the scheduler has it) and
+    ``step(output, t, sample, **step_kwargs)``."""
+    for t in scheduler.timesteps:
+        if scale_input:
+            scheduler.scale_model_input(sample, t)
+        out = scheduler.step(output, t, sample, **step_kwargs)
+        sample = out[0] if isinstance(out, tuple) else out.prev_sample
+    return sample
 
 
 def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]:
@@ -104,11 +162,7 @@ def overhead(device: str, steps: int, repeats: int, no_sync: bool) -> list[dict]
 
             def theirs():
                 scheduler.set_timesteps(steps, device=device, **_mu(scheduler))
-                sample = x
-                for t in scheduler.timesteps:
-                    if hasattr(scheduler, "scale_model_input"):
-                        scheduler.scale_model_input(sample, t)
-                    sample = scheduler.step(output, t, sample).prev_sample
+                _scheduler_loop(scheduler, x, output, hasattr(scheduler, "scale_model_input"))
 
             sync = None
             if no_sync:  # any host-device sync inside our loop raises
@@ -327,6 +381,98 @@ def compiled(device: str, steps: int) -> list[dict]:
     return rows
 
 
+# --- 5. KScheduler against the native schedulers -----------------------------------------------------------------
+
+# The native schedulers KScheduler.from_scheduler(native) runs as their k-sampler equivalent: the discrete ones on SDXL
+# base 1.0's scheduler config, FlowMatchEuler on FLUX.1-dev's.
+SCHEDULER_PAIRS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                   "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+
+
+def _pipeline_scheduler(name: str, steps: int, device: str) -> tuple:
+    """Native scheduler ``name`` on its model's config, and the ``set_timesteps`` keywords its pipeline passes: SDXL
+    ``(steps, device)``; FLUX ``sigmas=linspace(1, 1/steps, steps)`` and the dynamic shift ``mu`` of the FLUX packed
+    size (FluxPipeline's ``calculate_shift`` of 4096 tokens: 1.15)."""
+    import numpy as np
+
+    from k_diffusing.testing.tiny import sdxl_scheduler_config
+    from k_diffusing.testing.tiny_flux import flux_scheduler_config
+
+    if not name.startswith("FlowMatch"):
+        return _scheduler(name, {}, sdxl_scheduler_config()), {"num_inference_steps": steps, "device": device}
+    config = flux_scheduler_config()
+    slope = (config["max_shift"] - config["base_shift"]) / (config["max_image_seq_len"] - config["base_image_seq_len"])
+    mu = config["base_shift"] + slope * (FLUX_SHAPE[1] - config["base_image_seq_len"])
+    return _scheduler(name, {}, config), {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu, "device": device}
+
+
+def _spread(values) -> dict:
+    """Median and quartiles."""
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return {"median": median, "quartiles": [q1, q3]}
+
+
+def _versus(times: dict[str, list[float]], per: int) -> dict:
+    """Alternating runs' times (seconds) as microseconds per ``per`` on each side, and the per-round ratios k/native."""
+    return {"native_us": _spread([1e6 * t / per for t in times["native"]]),
+            "k_us": _spread([1e6 * t / per for t in times["k"]]),
+            "ratio": _spread([k / n for k, n in zip(times["k"], times["native"])])}
+
+
+def scheduler_overhead(device: str, steps: int, repeats: int) -> dict:
+    """Section 5: each native scheduler and ``KScheduler.from_scheduler`` of it in a pipeline's loop around a
+    zero-cost network (its output a fixed zero tensor), runs of both alternating: microseconds per model call of
+    ``scale_model_input`` (where the native scheduler has it: not FlowMatchEuler, whose pipelines never call it) and
+    ``step(..., return_dict=False)``, after an untimed ``set_timesteps``; and microseconds per ``set_timesteps``
+    (KScheduler's: the base scheduler's schedule on a copy, then a dry run of the sampler for its call plan).
+    ``step`` gets the generator where the SDXL pipeline passes one (steps that take it), none for FlowMatch (FLUX)."""
+    from k_diffusing import KScheduler
+    from k_diffusing.pipelines.schedulers import equivalent
+
+    calls_rows, plan_rows = [], []
+    for name in SCHEDULER_PAIRS:
+        native, schedule = _pipeline_scheduler(name, steps, device)
+        sides = {"native": native, "k": KScheduler.from_scheduler(native)}
+        equal = equivalent(native)
+        sampler = {"sampler": equal.sampler, "sampler_kwargs": equal.kwargs}
+        generator = torch.Generator(device)
+        scale_input = hasattr(native, "scale_model_input")
+        step_kwargs = {}
+        for side, s in sides.items():  # the SDXL pipeline passes its generator to a step that takes one, FLUX's none
+            takes = not name.startswith("FlowMatch") and "generator" in inspect.signature(s.step).parameters
+            step_kwargs[side] = {"return_dict": False, **({"generator": generator} if takes else {})}
+
+        def set_up(scheduler, schedule=schedule, generator=generator):
+            scheduler.set_timesteps(**schedule)
+            generator.manual_seed(0)
+
+        for s in sides.values():
+            s.set_timesteps(**schedule)
+        calls = {side: len(s.timesteps) for side, s in sides.items()}
+        if calls["native"] != calls["k"]:
+            raise RuntimeError(f"{name}: {calls['native']} native model calls, {calls['k']} KScheduler calls")
+        times = _alternating_seconds({side: (None, functools.partial(s.set_timesteps, **schedule))
+                                      for side, s in sides.items()}, device, repeats)
+        plan_rows.append({"scheduler": name, **sampler, "steps": steps, "calls": calls["k"],
+                          **_versus(times, 1)})
+        for size, shape in (("SDXL", SDXL_SHAPE), ("FLUX", FLUX_SHAPE)):
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+            output = torch.zeros_like(x)
+            times = _alternating_seconds(
+                {side: (functools.partial(set_up, s),
+                        functools.partial(_scheduler_loop, s, x, output, scale_input, **step_kwargs[side]))
+                 for side, s in sides.items()}, device, repeats)
+            calls_rows.append({"scheduler": name, **sampler, "size": size, "calls": calls["k"],
+                               **_versus(times, calls["k"])})
+            r = calls_rows[-1]
+            print(f"scheduler {name:32s} {size}: native {r['native_us']['median']:8.1f} us/call, K "
+                  f"{r['k_us']['median']:8.1f} us/call, ratio {r['ratio']['median']:.2f}", file=sys.stderr, flush=True)
+        r = plan_rows[-1]
+        print(f"set_timesteps {name:28s}: native {r['native_us']['median']:8.1f} us, K {r['k_us']['median']:8.1f} us, "
+              f"ratio {r['ratio']['median']:.2f}", file=sys.stderr, flush=True)
+    return {"steps": steps, "repeats": repeats, "calls": calls_rows, "set_timesteps": plan_rows}
+
+
 # --- report --------------------------------------------------------------------------------------------------------
 
 def machine(device: str) -> str:
@@ -343,16 +489,36 @@ def machine(device: str) -> str:
             f"diffusers {diffusers.__version__}, Python {platform.python_version()}, GPU {gpu}")
 
 
+def _run_note(results: dict, section: str) -> list[str]:
+    """A section's own run: its command and machine where they are not the header's (``--only``), and the load
+    average before and after it."""
+    run = results.get("runs", {}).get(section)
+    if run is None:
+        return []
+    same = run["command"] == results["command"] and run["machine"] == results["machine"]
+    before, after = (" ".join(f"{v:.2f}" for v in load) for load in run["load"])
+    heap = (" glibc heap held steady (`--steady-heap`: no trimming, no mmap below 32 MiB), so that freed temporaries "
+            "are reused instead of faulted in again." if run.get("steady_heap") else "")
+    return [("" if same else f"`{run['command']}` on {run['machine']}. ")
+            + f"Load average (1, 5, 15 min; `uptime`): {before} before, {after} after.{heap}", ""]
+
+
+def _spread_cell(spread: dict, digits: int) -> str:
+    return f"{spread['median']:.{digits}f} ({spread['quartiles'][0]:.{digits}f} to {spread['quartiles'][1]:.{digits}f})"
+
+
 def markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['device']})", "", f"`{results['command']}` on {results['machine']}.", ""]
-    lines += ["## 1. Sampler overhead per step (zero-cost denoiser)", "",
-              f"{results['steps']} steps, median of {results['repeats']} runs.", "",
-              "| sampler | size | diffusers scheduler | ours (us/step) | diffusers (us/step) | ratio |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['size']} | `{r['scheduler']}` | {r['ours_us']:.0f} | {r['diffusers_us']:.0f} | "
-              f"{r['ratio']:.2f} |" for r in results["overhead"]]
+    if results.get("overhead"):
+        lines += ["## 1. Sampler overhead per step (zero-cost denoiser)", "", *_run_note(results, "overhead"),
+                  f"{results['steps']} steps, median of {results['repeats']} runs.", "",
+                  "| sampler | size | diffusers scheduler | ours (us/step) | diffusers (us/step) | ratio |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['sampler']} | {r['size']} | `{r['scheduler']}` | {r['ours_us']:.0f} | {r['diffusers_us']:.0f} "
+                  f"| {r['ratio']:.2f} |" for r in results["overhead"]]
     if results.get("pipeline"):
         lines += ["", "## 2. Full pipeline on the embedded models (K pipeline / diffusers parent)", "",
+                  *_run_note(results, "pipeline"),
                   f"Time: {results['rounds']} fresh processes, each alternating {results['pipeline_repeats']} runs of both "
                   "pipelines on the same components; time ratio = median of the per-pair ratios (quartiles in brackets). "
                   "Memory: one fresh process per side, peak during the timed runs and its rise over the memory held "
@@ -363,28 +529,57 @@ def markdown(results: dict) -> str:
                   f"({r['ratio_quartiles'][0]:.3f} to {r['ratio_quartiles'][1]:.3f}) | "
                   f"{r['ours_peak_mb']:.1f} | {r['diffusers_peak_mb']:.1f} | {r['memory_ratio']:.3f} | "
                   f"{r['ours_extra_mb']:.1f} / {r['diffusers_extra_mb']:.1f} |" for r in results["pipeline"]]
-    lines += ["", "## 3. Accuracy per model call (analytic Gaussian mixture, exact solution)", "",
-              "Max |x - exact| over 256 values, float32 state, both sides on the scheduler's own 'trailing' sigmas.",
-              "", "| sampler | diffusers scheduler | " + " | ".join(f"{c} calls" for c in CALLS) + " |",
-              "|---|---|" + "---|" * len(CALLS)]
-    by = {}
-    for r in results["accuracy"]:
-        by.setdefault((r["sampler"], r["scheduler"]), {})[r["budget"]] = r
-    for (sampler, name), cells in by.items():
-        lines.append(f"| {sampler} | {name} | " + " | ".join(
-            f"{cells[c]['ours_error']:.1e} / {cells[c]['diffusers_error']:.1e}" for c in CALLS) + " |")
-    plot = "accuracy_cuda.svg" if results["device"].startswith("cuda") else "accuracy.svg"
-    lines += ["", f"Each cell: ours / diffusers. ![accuracy]({plot})"]
+    if results.get("accuracy"):
+        lines += ["", "## 3. Accuracy per model call (analytic Gaussian mixture, exact solution)", "",
+                  *_run_note(results, "accuracy"),
+                  "Max |x - exact| over 256 values, float32 state, both sides on the scheduler's own 'trailing' "
+                  "sigmas.",
+                  "", "| sampler | diffusers scheduler | " + " | ".join(f"{c} calls" for c in CALLS) + " |",
+                  "|---|---|" + "---|" * len(CALLS)]
+        by = {}
+        for r in results["accuracy"]:
+            by.setdefault((r["sampler"], r["scheduler"]), {})[r["budget"]] = r
+        for (sampler, name), cells in by.items():
+            lines.append(f"| {sampler} | {name} | " + " | ".join(
+                f"{cells[c]['ours_error']:.1e} / {cells[c]['diffusers_error']:.1e}" for c in CALLS) + " |")
+        plot = "accuracy_cuda.svg" if results["device"].startswith("cuda") else "accuracy.svg"
+        lines += ["", f"Each cell: ours / diffusers. ![accuracy]({plot})"]
     if results.get("compiled"):
-        lines += ["", "## 4. torch.compile of the network (K pipelines)", "",
+        lines += ["", "## 4. torch.compile of the network (K pipelines)", "", *_run_note(results, "compiled"),
                   "| model | max abs latent difference to eager | eager (s) | compiled (s) |", "|---|---|---|---|"]
         lines += [f"| {r['kind']} | {r['max_abs_diff']:.1e} | {r['eager_s']:.3f} | {r['compiled_s']:.3f} |"
                   for r in results["compiled"]]
-    if results["device"].startswith("cuda"):
+    if results["device"].startswith("cuda") and results.get("overhead"):
         synced = [f"{r['sampler']} ({r['size']}): {r['host_sync']}" for r in results["overhead"]
                   if r["host_sync"] != "none"]
         lines += ["", "Section 1 ran every sampler loop of ours once under `torch.cuda.set_sync_debug_mode(\"error\")`: "
                   + ("no host-device sync." if not synced else "syncs in " + "; ".join(synced))]
+    if results.get("scheduler"):
+        sched = results["scheduler"]
+        lines += ["", "## 5. KScheduler per model call against the native scheduler (zero-cost network)", "",
+                  *_run_note(results, "scheduler"),
+                  f"`KScheduler.from_scheduler(native)` (the equivalent k-sampler) against `native`, {sched['steps']} "
+                  "steps; discrete schedulers on SDXL base 1.0's scheduler config, FlowMatchEuler on FLUX.1-dev's "
+                  "(`sigmas=linspace(1, 1/n, n)`, `mu` of 4096 tokens), set up as their pipelines do. Per model call: "
+                  "`scale_model_input` (not for FlowMatchEuler: FLUX pipelines never call it) and "
+                  "`step(zeros, t, sample, return_dict=False)`, after an untimed `set_timesteps`. "
+                  f"{sched['repeats']} runs of each side, alternating; median (quartiles in brackets); ratio = "
+                  "median of the per-run ratios KScheduler / native.", "",
+                  "| native scheduler | k-sampler | size | calls | native (us/call) | KScheduler (us/call) | ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['scheduler']} | {r['sampler']} | {r['size']} | {r['calls']} | "
+                  f"{_spread_cell(r['native_us'], 0)} | {_spread_cell(r['k_us'], 0)} | {_spread_cell(r['ratio'], 2)} |"
+                  for r in sched["calls"]]
+        lines += ["", f"`set_timesteps` ({sched['steps']} steps; KScheduler's includes the dry run of the sampler that "
+                  "plans its calls), us per call; the last column spreads KScheduler's extra time over the run's model "
+                  "calls.", "",
+                  "| native scheduler | k-sampler | native (us) | KScheduler (us) | ratio | "
+                  "extra per model call (us) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['scheduler']} | {r['sampler']} | {_spread_cell(r['native_us'], 0)} | "
+                  f"{_spread_cell(r['k_us'], 0)} | {_spread_cell(r['ratio'], 2)} | "
+                  f"{(r['k_us']['median'] - r['native_us']['median']) / r['calls']:.0f} |"
+                  for r in sched["set_timesteps"]]
     return "\n".join(lines) + "\n"
 
 
@@ -404,29 +599,56 @@ def accuracy_svg(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=30, help="steps of the overhead loops")
+    p.add_argument("--steps", type=int, default=30, help="steps of the loops of sections 1 and 5")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--pipeline-steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="fresh processes timing the pipelines")
     p.add_argument("--pipeline-repeats", type=int, default=50, help="alternating runs of both pipelines per process")
     p.add_argument("--skip-pipeline", action="store_true")
+    p.add_argument("--scheduler-repeats", type=int, default=100, help="alternating runs of each side in section 5")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                   help=f"run only these sections ({', '.join(SECTIONS)}); the others' results are kept from the "
+                        "existing RESULTS json and the markdown is regenerated from it")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--steady-heap", action="store_true",
+                   help="glibc: no heap trimming, no mmap below 32 MiB (steadier CPU timings; see steady_heap)")
     p.add_argument("--out", type=Path, default=HERE)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steady_heap:
+        steady_heap()
     cuda = args.device.startswith("cuda")
-    results = {"device": args.device, "command": "python benchmarks/bench.py " + " ".join(argv or sys.argv[1:]),
-               "machine": machine(args.device), "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds,
-               "pipeline_repeats": args.pipeline_repeats}
-    results["overhead"] = overhead(args.device, args.steps, args.repeats, no_sync=cuda)
-    if not args.skip_pipeline:
-        results["pipeline"] = pipeline(args.device, args.pipeline_steps, args.pipeline_repeats, args.rounds)
-    results["accuracy"] = accuracy()
-    if cuda:
-        results["compiled"] = compiled(args.device, args.pipeline_steps)
     name = "RESULTS" if not cuda else "RESULTS_cuda"
+    command = "python benchmarks/bench.py " + " ".join(argv or sys.argv[1:])
+    sections = args.only or [s for s in SECTIONS if not (s == "pipeline" and args.skip_pipeline)
+                             and (s != "compiled" or cuda)]
+    saved = args.out / f"{name}.json"
+    results = json.loads(saved.read_text()) if args.only and saved.exists() else {}
+    if not results:
+        results = {"device": args.device, "command": command, "machine": machine(args.device)}
+    for section in sections:
+        load = os.getloadavg()
+        if section == "overhead":
+            results.update(steps=args.steps, repeats=args.repeats,
+                           overhead=overhead(args.device, args.steps, args.repeats, no_sync=cuda))
+        elif section == "pipeline":
+            results.update(rounds=args.rounds, pipeline_repeats=args.pipeline_repeats,
+                           pipeline=pipeline(args.device, args.pipeline_steps, args.pipeline_repeats, args.rounds))
+        elif section == "accuracy":
+            results["accuracy"] = accuracy()
+        elif section == "compiled":
+            results["compiled"] = compiled(args.device, args.pipeline_steps)
+        elif section == "scheduler":
+            results["scheduler"] = scheduler_overhead(args.device, args.steps, args.scheduler_repeats)
+        results.setdefault("runs", {})[section] = {"command": command, "machine": machine(args.device),
+                                                   "load": [list(load), list(os.getloadavg())],
+                                                   "steady_heap": args.steady_heap}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    saved.write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results))
-    (args.out / f"accuracy{'_cuda' if cuda else ''}.svg").write_text(accuracy_svg(results["accuracy"]))
+    if "accuracy" in sections:
+        (args.out / f"accuracy{'_cuda' if cuda else ''}.svg").write_text(accuracy_svg(results["accuracy"]))
     print(markdown(results))
     return 0
 

@@ -42,6 +42,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:Should have"),  # torchsde's interval-end rounding
+    pytest.mark.usefixtures("single_thread"),
 ]
 
 RUNNABLE = [s for s in list_samplers() if s.name != "dpm_adaptive"]

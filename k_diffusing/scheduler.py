@@ -292,6 +292,14 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
         self._bridge = self._timestep_map(known)
         self._plan = plan_calls(self._function, self._kwargs, self._k_sigmas, self.geometry)
+        # rel_tol: dpm_fast's first call comes back from its log-sigma grid one ulp off sigma_0
+        if not math.isclose(self._plan.sigmas[0], self._k_sigmas[0], rel_tol=1e-9):
+            raise ValueError(
+                f"{self._sampler_name()} makes its first model call at sigma {self._plan.sigmas[0]:.6g}, not at the "
+                f"schedule's first sigma {self._k_sigmas[0]:.6g}: it adds noise before that call (s_churn > 0 with "
+                f"s_tmin <= {self._k_sigmas[0]:.6g} <= s_tmax), but a pipeline calls the network on its initial "
+                f"latents first. Set sampler_kwargs s_tmax below {self._k_sigmas[0]:.6g} (or s_churn=0)"
+            )
         self._tail_checked = {0}
         self.timesteps = torch.tensor([self._bridge.host_t(s) for s in self._plan.sigmas], dtype=torch.float32,
                                       device=device)

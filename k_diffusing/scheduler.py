@@ -41,7 +41,7 @@ from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas
 from .geometry import FLOW, VE, Geometry
 from .registry import SamplerSpec
 from .schedules import flow_sigma_table, get_sigmas
-from .pipelines.common import check_schedule_fits, check_sigmas, check_steps, pick_sampler, takes_generator
+from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler, takes_generator
 from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, scheduler_sigmas
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from diffusers import (  # noqa: E402
 import k_diffusing  # noqa: E402
 from k_diffusing import KFluxPipeline, list_samplers  # noqa: E402
 from k_diffusing.denoisers import FlowDenoiser  # noqa: E402
-from k_diffusing.pipelines import flux  # noqa: E402
+from k_diffusing import scheduler as k_scheduler  # noqa: E402
 from k_diffusing.sampling import sample_euler, sample_heun  # noqa: E402
 from k_diffusing.schedules import flow_sigma_table  # noqa: E402
 from k_diffusing.testing.state import same_snapshot, snapshot
@@ -141,18 +141,12 @@ def test_default_sampler_matches_native_pipeline(comps, make_scheduler, tol):
 
 
 def test_parity_check_can_fail(comps, monkeypatch):
-    """Negative control: without the scheduler's (sigma, timestep) pairs the bridge feeds DPMSolverMultistep's
+    """Negative control: without the scheduler's (sigma, timestep) pairs KScheduler feeds DPMSolverMultistep's
     sigmas as continuous timesteps (its own are int64): measured 3.8e-3, far outside MULTISTEP_TOL."""
-    from k_diffusing.pipelines.schedulers import scheduler_sigmas
-
-    def unpaired(*args, **kwargs):
-        own = scheduler_sigmas(*args, **kwargs)
-        own.known = None
-        return own
-
+    paired = k_scheduler.KScheduler._timestep_map
     scheduler = DPMSolverMultistepScheduler(**FLOW_DPM, use_dynamic_shifting=True)
     theirs = _run(_build(FluxPipeline, comps, scheduler))
-    monkeypatch.setattr(flux, "scheduler_sigmas", unpaired)
+    monkeypatch.setattr(k_scheduler.KScheduler, "_timestep_map", lambda self, known: paired(self, None))
     broken = _run(_build(KFluxPipeline, comps, scheduler))
     assert _diff(broken, theirs) > 100 * MULTISTEP_TOL
 
@@ -197,6 +191,25 @@ def test_prompt_embeds_with_true_cfg_match_native(comps):
                     for cls in (KFluxPipeline, FluxPipeline))
     assert _diff(ours, theirs) <= EULER_TOL  # measured 4.8e-7
     assert _diff(ours, _run(pipe, negative_prompt="a dog", true_cfg_scale=1.5)) <= EULER_TOL  # same as from text
+
+
+def test_true_cfg_with_embeddings_of_different_shapes_is_refused_as_in_the_parent(comps):
+    pipe = _build(KFluxPipeline, comps)
+    embeds, pooled, _ = pipe.encode_prompt(PROMPT, prompt_2=None, max_sequence_length=MAX_SEQ)
+    negative, negative_pooled, _ = pipe.encode_prompt("a dog", prompt_2=None, max_sequence_length=MAX_SEQ // 2)
+    kwargs = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": negative,
+              "negative_pooled_prompt_embeds": negative_pooled, "true_cfg_scale": 1.5, "height": SIZE, "width": SIZE,
+              "num_inference_steps": 2, "output_type": "latent"}
+    for cls in (KFluxPipeline, FluxPipeline):
+        with pytest.raises(ValueError, match="must have the same shape when passed directly"):
+            _build(cls, comps)(**kwargs)
+
+
+def test_custom_sigmas_without_a_step_count_match_native(comps):
+    """``sigmas=`` with ``num_inference_steps=None``: the sigmas give the count, as in the parent."""
+    sigmas = [1.0, 0.8, 0.55, 0.3, 0.1]
+    outs = [_run(_build(cls, comps), steps=None, sigmas=sigmas) for cls in (KFluxPipeline, FluxPipeline)]
+    assert _diff(*outs) <= EULER_TOL  # measured 4.8e-7
 
 
 def test_parity_custom_sigmas_and_batch(comps):
@@ -424,14 +437,13 @@ def test_lcm_follows_its_own_recursion(analytic):
 
 # --- 3. bf16 -------------------------------------------------------------------------------------------------------
 
-# FluxPipeline rounds the latents to bf16 after every step; we keep float32 state and cast the transformer's input.
-# Measured at 8 steps: max diff 0.0625 = 2 bf16 ulps at max |latent| 4.6 (0.125, 4 ulps, at 28 steps). For scale,
-# either bf16 run is ~0.07 (2 ulps) from the fp32 run, and guidance 3.0 instead of 3.5 moves it by 0.1: at the latent
-# level bf16 parity is loose, so the sharp checks are the timesteps the transformer sees and the float32 state.
+# FluxPipeline's loop holds bf16 latents; FlowMatchEuler steps in bf16, our sampler keeps a float32 state inside the
+# KScheduler and hands the loop its bf16 rounding. Measured at 8 steps: max diff 0.0625 = 2 bf16 ulps at max |latent|
+# 4.6 (0.125, 4 ulps, at 28 steps). For scale, either bf16 run is ~0.07 (2 ulps) from the fp32 run, and guidance 3.0
+# instead of 3.5 moves it by 0.1: at the latent level bf16 parity is loose, so the sharp checks are the timesteps the
+# transformer sees and the sampler's state against a hand-written loop doing what it should (float32 Euler state,
+# bf16 input, bf16(t) / 1000 timesteps): every latent the loop holds is that loop's state rounded to bf16, exactly.
 BF16_ULPS = 4
-# Our float32 state against a hand-written loop doing what the bridge should (float32 Euler state, bf16 input,
-# bf16(t) / 1000 timesteps): measured 4.8e-7 (one float32 ulp at 4.6); float32 timesteps instead: 1.4e-2.
-BF16_STATE_TOL = 2e-6
 
 
 def _bf16_ulp(x: torch.Tensor) -> float:
@@ -446,16 +458,16 @@ def bf16_pipes():
     return ours, theirs
 
 
-class _Unrounded(FlowDenoiser):
-    """A broken bridge: float32 timesteps (the transformer then rounds t / 1000 to bf16 itself, not t first)."""
+class _Shifted(FlowDenoiser):
+    """A broken timestep rule for KScheduler: t half a bf16 ulp too large, which the loop's bf16 rounding of t does
+    not hide."""
 
-    def __call__(self, x, sigma, **_):
-        s = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim)).to(x.dtype)
-        return x - s * self.net(x.to(self.net_dtype), self.sigma_to_t(sigma)).to(x.dtype)
+    def host_t(self, sigma: float) -> float:
+        return super().host_t(sigma) * (1 + 2**-8)
 
 
 def _bf16_run(pipe):
-    """(output, recorder of transformer calls, the sampler's state after each step as the callback sees it)."""
+    """(output, recorder of transformer calls, the latents after each step as the callback sees them)."""
     states = []
     with _Recorder(pipe.transformer) as calls:
         out = _run(pipe, callback_on_step_end=lambda p, i, t, kw: states.append(kw["latents"].clone()) or {})
@@ -499,23 +511,23 @@ def test_bf16_float32_state_follows_the_emulated_loop(bf16_pipes):
     ours, _ = bf16_pipes
     out, _, states = _bf16_run(ours)
     expected = _bf16_emulated_states(ours)
-    assert len(states) == STEPS and all(s.dtype == torch.float32 for s in states)
+    assert len(states) == STEPS and all(s.dtype == torch.bfloat16 for s in states)  # the parent's loop dtype
     for state, emulated in zip(states, expected):
-        assert _diff(state, emulated) <= BF16_STATE_TOL
-    assert torch.equal(out, expected[-1].to(torch.bfloat16))  # the output is the float32 state, rounded once
+        assert torch.equal(state, emulated.to(torch.bfloat16))  # the float32 state, rounded once
+    assert torch.equal(out, expected[-1].to(torch.bfloat16))
 
 
 @pytest.mark.filterwarnings("ignore:There are modules")
 def test_bf16_timestep_check_can_fail(bf16_pipes, monkeypatch):
-    """Negative control: the bridge passing float32 timesteps feeds different timesteps at 4 of 8 calls and moves the
-    float32 state by 1.4e-2 (7000x BF16_STATE_TOL), though the bf16 output stays 2 ulps from the parent's."""
+    """Negative control: KScheduler's timesteps half a bf16 ulp too large feed different timesteps at 6 of 8 calls,
+    and the latents leave the emulated loop's (measured 1.5e-2 at the end)."""
     ours, theirs = bf16_pipes
     _, seen_theirs, _ = _bf16_run(theirs)
-    monkeypatch.setattr(flux, "FlowDenoiser", _Unrounded)
+    monkeypatch.setattr(k_scheduler, "FlowDenoiser", _Shifted)
     _, seen_broken, states = _bf16_run(ours)
     different = sum(not torch.equal(a.to(b.dtype), b) for a, b in zip(seen_broken.timesteps, seen_theirs.timesteps))
     assert different >= 2
-    assert _diff(states[-1], _bf16_emulated_states(ours)[-1]) > 1000 * BF16_STATE_TOL
+    assert not torch.equal(states[-1], _bf16_emulated_states(ours)[-1].to(torch.bfloat16))
 
 
 # --- 4. guidance: dev (guidance embeds), schnell (none), true CFG ---------------------------------------------------
@@ -597,12 +609,12 @@ def test_callback_once_per_step_with_latents_matching_native(comps):
     assert torch.equal(ours[-1][2], out_ours)  # the last call sees the final state
 
 
-def test_callback_once_per_step_for_two_call_samplers(comps):
+def test_callback_once_per_model_call_for_two_call_samplers(comps):
     pipe = _build(KFluxPipeline, comps)
     steps_seen = []
     with _Recorder(pipe.transformer) as calls:
         _run(pipe, steps=4, sampler="heun", callback_on_step_end=lambda p, i, t, kw: steps_seen.append(i) or {})
-    assert steps_seen == [0, 1, 2, 3] and calls.calls == 7  # 2 per step, the step into 0 one
+    assert steps_seen == list(range(7)) and calls.calls == 7  # 2 per step, the step into 0 one; the parent's loop
 
 
 def test_callback_replacing_latents_and_prompt_embeds_matches_native(comps):

@@ -145,17 +145,11 @@ def test_default_sampler_matches_native_pipeline(comps, name, prediction_type, o
 def test_parity_check_can_fail(comps, monkeypatch):
     """Negative control: the initial noise scaled by the VE first sigma instead of DPMSolverMultistep's VP convention
     (a 0.23% error at the first sigma) must break the ROUNDOFF tolerance."""
-    from k_diffusing.pipelines import sdxl
-    from k_diffusing.pipelines.schedulers import scheduler_sigmas
-
-    def ve_scaled(*args, **kwargs):
-        own = scheduler_sigmas(*args, **kwargs)
-        own.vp_latents, own.init_noise_sigma = False, float(own.sigmas[0])
-        return own
+    from k_diffusing.scheduler import KScheduler
 
     scheduler = _scheduler("DPMSolverMultistepScheduler", use_karras_sigmas=True, final_sigmas_type="zero")
     theirs = _run(_build(StableDiffusionXLPipeline, comps, scheduler))
-    monkeypatch.setattr(sdxl, "scheduler_sigmas", ve_scaled)
+    monkeypatch.setattr(KScheduler, "_initial_scale", lambda self, own, sigma_0: sigma_0)
     broken = _run(_build(KSDXLPipeline, comps, scheduler))
     assert _rel(broken, theirs) > 10 * ROUNDOFF
 
@@ -415,7 +409,7 @@ def test_call_accepts_every_parent_parameter_with_the_same_default():
 ALL_TENSORS = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
 
 
-def test_callback_once_per_sampler_step_with_requested_tensors(comps):
+def test_callback_once_per_model_call_with_requested_tensors(comps):
     pipe = _build(KSDXLPipeline, comps)
     seen = []
 
@@ -427,8 +421,8 @@ def test_callback_once_per_sampler_step_with_requested_tensors(comps):
     with _Recorder(pipe.unet) as unet:
         out = _run(pipe, steps=4, sampler="heun", callback_on_step_end=callback,
                    callback_on_step_end_tensor_inputs=ALL_TENSORS)
-    assert [i for i, _, _ in seen] == [0, 1, 2, 3]
-    assert unet.calls == 7  # 2 per step, the step into 0 one; the callback still once per step
+    assert [i for i, _, _ in seen] == list(range(7))
+    assert unet.calls == 7  # 2 per step, the step into 0 one; the parent's loop calls back after each
     for _, _, tensors in seen:
         assert set(tensors) == set(ALL_TENSORS)
         assert tensors["latents"].shape == (1, 4, 16, 16)
@@ -466,16 +460,17 @@ def test_callback_replacing_latents_and_embeddings_matches_native(comps):
 
 
 def test_callback_zeroing_latents_stays_at_the_data_mean_zero():
-    """On the analytic UNet for N(0, 1), D(0, sigma) = 0: after zeroing at step 2 every later state is exactly 0."""
+    """On the analytic UNet for N(0, 1), D(0, sigma) = 0: after zeroing the state at the end of step 1 (heun's call
+    3, its second) every later state is exactly 0."""
     pipe = analytic_sdxl_pipeline("epsilon", KSDXLPipeline)
     seen = []
 
     def callback(p, i, t, kwargs):
         seen.append(kwargs["latents"].abs().max().item())
-        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 2 else {}
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 3 else {}
 
     out = _run(pipe, steps=6, sampler="heun", callback_on_step_end=callback)  # one-step: no history of D
-    assert seen[2] > 1 and seen[3:] == [0.0, 0.0, 0.0]
+    assert len(seen) == 11 and seen[3] > 1 and seen[4:] == [0.0] * 7
     assert torch.count_nonzero(out) == 0
 
 
@@ -509,6 +504,28 @@ def test_denoising_end_matches_native(comps, name, tol):
     assert counts[0] == counts[1] == 5
     assert _rel(*outs) <= tol
     assert _rel(_run(_build(KSDXLPipeline, comps, _scheduler(name))), outs[0]) > 1e-3
+
+
+def test_denoising_end_stops_mid_step_as_the_parent(comps):
+    """Heun with ``denoising_end=0.5`` at 10 steps: the parent's cut-off keeps 9 of its 19 model calls, ending after
+    the first call of step 4; the latents are Heun's predictor there, as HeunDiscreteScheduler's."""
+    outs, counts = [], []
+    for cls in (KSDXLPipeline, StableDiffusionXLPipeline):
+        with _Recorder(comps["unet"]) as unet:
+            outs.append(_run(_build(cls, comps, _scheduler("HeunDiscreteScheduler")), denoising_end=0.5))
+        counts.append(unet.calls)
+    assert counts[0] == counts[1] == 9
+    assert _rel(*outs) <= EXACT  # measured 0
+
+
+@pytest.mark.parametrize("custom", [{"sigmas": [14.6, 8.0, 3.0, 1.0, 0.3]}, {"timesteps": [999, 700, 400, 100]}],
+                         ids=["sigmas", "timesteps"])
+def test_custom_schedule_without_a_step_count_matches_native(comps, custom):
+    """``sigmas=`` / ``timesteps=`` with ``num_inference_steps=None``: the schedule gives the step count, as in the
+    parent."""
+    outs = [_run(_build(cls, comps), steps=None, **custom) for cls in (KSDXLPipeline, StableDiffusionXLPipeline)]
+    assert _rel(*outs) <= EXACT  # measured 0
+    assert _rel(outs[0], _run(_build(KSDXLPipeline, comps), steps=4)) > 1e-3  # the custom schedule was used
 
 
 def test_output_types_and_return_dict(comps):
@@ -608,21 +625,26 @@ def _bars(pipe):
 
 @pytest.mark.filterwarnings("ignore:Should have")
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_sde", "restart", "dpm_adaptive"])
-def test_progress_bar_counts_model_calls(comps, sampler):
+def test_progress_bar_is_the_parents(comps, sampler):
+    """The bar is the parent's: ``total=num_inference_steps``, advanced after every ``scheduler.order``-th model
+    call and after the last, so once per step for samplers that make the same calls every step (restart, whose
+    restart step makes 38 of its 45 calls here, advances it twice)."""
     pipe = _build(KSDXLPipeline, comps)
     bars = _bars(pipe)
-    with _Recorder(pipe.unet) as unet:
-        _run(pipe, steps=5, sampler=sampler)
-    assert len(bars) == 1 and bars[0].n == unet.calls
-    if sampler == "euler":
-        assert bars[0].total == bars[0].n == 5
+    _run(pipe, steps=5, sampler=sampler)
+    assert len(bars) == 1 and bars[0].total == 5
+    if sampler in ("euler", "heun", "dpmpp_sde"):
+        assert bars[0].n == 5
 
 
-def test_progress_bar_total_matches_calls_for_two_call_samplers(comps):
-    pipe = _build(KSDXLPipeline, comps, _scheduler("HeunDiscreteScheduler"))
-    bars = _bars(pipe)
-    _run(pipe, steps=5)
-    assert bars[0].total == bars[0].n == 9
+def test_progress_bar_is_the_parents_for_two_call_samplers(comps):
+    counts = []
+    for cls in (KSDXLPipeline, StableDiffusionXLPipeline):
+        pipe = _build(cls, comps, _scheduler("HeunDiscreteScheduler"))
+        bars = _bars(pipe)
+        _run(pipe, steps=5)
+        counts.append((bars[0].total, bars[0].n))
+    assert counts[0] == counts[1] == (5, 5)  # 9 calls; advanced after every second one (order 2) and the last
 
 
 def test_brownian_samplers_do_not_warn(comps):
@@ -671,7 +693,7 @@ def test_quantize_timesteps(comps):
         with _Recorder(pipe.unet) as unet:
             _run(pipe, steps=6, sampler="euler", sigma_schedule="karras", quantize_timesteps=quantize)
         seen[quantize] = torch.cat(unet.timesteps).double()
-    assert len(seen[True]) == len(seen[False]) == 12  # 6 calls, [uncond, cond] each
+    assert len(seen[True]) == len(seen[False]) == 6  # 6 calls, one scalar timestep each (as the parent passes it)
     assert torch.equal(seen[True], seen[True].round()) and bool((seen[True] >= 0).all() & (seen[True] <= 999).all())
     assert bool((seen[False] != seen[False].round()).any())
     # the nearest table entry in log sigma is the nearest integer to the log-sigma-interpolated timestep

@@ -125,11 +125,16 @@ def k_label(scheduler) -> str:
 
 def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
     """The k side: the K pipeline with the pair's scheduler loaded and its default (equivalent) sampler; the
-    callback already gives k units."""
+    callback already gives k units. The parent's loop calls back after every model call: a step ends after each
+    ``scheduler.order``-th call (the pairs' samplers make the same calls every step) and after the last."""
     k_pipe = type(pipe)(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
     k_pipe.set_progress_bar_config(disable=True)
+
+    def record(p, x, i, k):
+        return x if (i + 1) % p.scheduler.order == 0 or i == len(p.scheduler.timesteps) - 1 else None
+
     def run(opts, generators):
-        return _run(k_pipe, k_label(k_pipe.scheduler), opts, generators, lambda p, x, i, k: x,
+        return _run(k_pipe, k_label(k_pipe.scheduler), opts, generators, record,
                     lambda p: [float(s) for s in p.k_sigmas])
 
     return _side(run, k_pipe, pair, options, seed)

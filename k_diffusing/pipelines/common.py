@@ -1,143 +1,55 @@
-"""What the SDXL and FLUX pipelines share around the sampler: choosing the sampler and its options, the progress
-bar over model calls, ``callback_on_step_end`` and ``interrupt`` through the samplers' step-end protocol."""
+"""What the K pipelines share: the parent's own ``__call__`` run with a :class:`~k_diffusing.scheduler.KScheduler` in
+place of the loaded scheduler, the checks made before it, the call's signature, and saving under the parent's name."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import operator
 import os
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 
 from ..geometry import Geometry
-from ..names import did_you_mean
-from ..registry import SamplerSpec, resolve_sampler
-from ..samplers.base import check_schedule
-from .schedulers import equivalent
-
-# Sampler options the pipeline supplies itself.
-PIPELINE_OWNED = {"generator"}
-# Relative slack on the top of a model's sigma table (Align Your Steps' SDXL table starts at 14.615 over a 14.6146 top).
-SIGMA_MAX_SLACK_TABLE = 1e-4
-
-
-class Interrupted(Exception):
-    """Raised from a step end when the pipeline's ``interrupt`` flag is set; carries the state made so far."""
-
-    def __init__(self, latents: torch.Tensor):
-        super().__init__("interrupted")
-        self.latents = latents
-
-
-def choose_sampler(sampler, sigma_schedule: str | None):
-    """``(function, spec or None, schedule)`` for a registry name, an A1111 name (whose schedule suffix applies unless
-    ``sigma_schedule`` is given) or a sampler function."""
-    if callable(sampler) and not isinstance(sampler, str):
-        spec = sampler if isinstance(sampler, SamplerSpec) else None
-        return sampler, spec, sigma_schedule
-    resolved = resolve_sampler(sampler)
-    return resolved.spec, resolved.spec, sigma_schedule or resolved.schedule
-
-
-def pick_sampler(scheduler, sampler, sigma_schedule: str | None, sampler_kwargs: dict | None):
-    """``(function, spec, schedule, kwargs)``: the requested sampler, or with ``sampler=None`` the k-sampler
-    equivalent to ``scheduler`` with the options read from its config; the options are checked."""
-    kwargs = dict(sampler_kwargs or {})
-    if sampler is None:
-        eq = equivalent(scheduler)
-        function, spec, schedule = choose_sampler(eq.sampler, sigma_schedule)
-        kwargs = {**eq.kwargs, **kwargs}
-    else:
-        function, spec, schedule = choose_sampler(sampler, sigma_schedule)
-    check_sampler_kwargs(function, spec, kwargs)
-    return function, spec, schedule, kwargs
-
-
-def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dict) -> None:
-    """Refuse options the sampler does not take (nothing is silently ignored) and the ones the pipeline owns."""
-    owned = sorted(PIPELINE_OWNED & set(sampler_kwargs))
-    if owned:
-        raise ValueError(f"sampler_kwargs may not set {owned}: pass the pipeline's `generator` argument instead")
-    if spec is not None:
-        accepted = [o for o in spec.options if o not in PIPELINE_OWNED]
-        name = spec.name
-    else:
-        params = inspect.signature(function).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return
-        fixed = {"model", "x", "sigmas", "extra_args", "callback", "disable"}
-        accepted = [p for p in params if p not in fixed | PIPELINE_OWNED]
-        name = getattr(function, "__name__", repr(function))
-    unknown = sorted(set(sampler_kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"sampler {name!r} does not take option(s) {unknown}.{did_you_mean(unknown[0], accepted)} "
-            f"Its options: {', '.join(accepted) or 'none'}"
-        )
-
-
-def takes_generator(function) -> bool:
-    target = function.function if isinstance(function, SamplerSpec) else function
-    return "generator" in inspect.signature(target).parameters
-
-
-class PipelineDenoiser:
-    """A bridge denoiser as the pipeline runs it: a progress bar step per model call, and the step-end protocol of
-    :class:`~k_diffusing.samplers.base.SamplerRun` turned into diffusers' ``callback_on_step_end`` (called once per
-    sampler step with the state after it; a returned ``latents`` replaces the state, returned conditioning tensors
-    replace those in ``state``) and ``interrupt`` (stops after the current step, keeping what was made). With
-    ``check_finite`` the state after every step is checked for NaN/inf (one host sync per step)."""
-
-    def __init__(self, pipe, inner, sigmas: list[float], progress, state: dict,
-                 callback: Callable | None, tensor_inputs: list[str], check_finite: bool = False):
-        self.pipe, self.inner, self.sigmas, self.progress = pipe, inner, sigmas, progress
-        self.geometry = inner.geometry
-        self.takes_host_sigma = getattr(inner, "takes_host_sigma", False)
-        self.state, self.callback, self.tensor_inputs = state, callback, tensor_inputs
-        self.check_finite = check_finite
-
-    def __call__(self, x, sigma, **kwargs):
-        out = self.inner(x, sigma, **kwargs)
-        self.progress.update()
-        return out
-
-    def _step_sigmas(self, i: int) -> str:
-        if 0 <= i < len(self.sigmas) - 1:
-            return f"sigma {self.sigmas[i]:.6g} -> {self.sigmas[i + 1]:.6g}"
-        return "a step of the sampler's own schedule"
-
-    def timestep(self, i: int) -> torch.Tensor:
-        """The timestep the network sees at step ``i``'s sigma (what diffusers' callbacks receive as ``t``), from the
-        host path the samplers use, so it is the very value the network got."""
-        return torch.tensor(self.inner.host_t(self.sigmas[i]), dtype=torch.float32)
-
-    def on_step_end(self, i: int, x: torch.Tensor):
-        if self.check_finite and not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(
-                f"the latents hold NaN/inf after sampler step {i} ({self._step_sigmas(i)}); check_finite=True "
-                "stopped the run there (common causes: float16 overflow in the network, a schedule outside the "
-                "model's range, a sampler option such as a large s_noise)"
-            )
-        replaced = None
-        if self.callback is not None:
-            kwargs = {k: (x if k == "latents" else self.state[k]) for k in self.tensor_inputs}
-            outputs = self.callback(self.pipe, i, self.timestep(i), kwargs) or {}
-            replaced = outputs.pop("latents", None)
-            for key, value in outputs.items():
-                if key in self.state:
-                    self.state[key] = value
-        if self.pipe.interrupt:
-            raise Interrupted(x if replaced is None else replaced)
-        return replaced
+from ..scheduler import KScheduler
+from .checks import check_latents, check_sigmas, check_steps
 
 
 def diffusers_parent(cls: type) -> type:
     """The diffusers pipeline class a K pipeline class extends (``KSDXLPipeline`` -> ``StableDiffusionXLPipeline``)."""
     return next(c for c in cls.__mro__[1:] if c.__module__.startswith("diffusers."))
+
+
+def call_signature(parent_call, own_call) -> inspect.Signature:
+    """The parent's ``__call__`` signature with ``own_call``'s keyword-only arguments added (before the parent's
+    ``**kwargs``, if it has one): what ``inspect.signature`` reports for a K pipeline's ``__call__``, which takes
+    ``*args, <extras>, **kwargs`` and hands the rest to the parent unchanged."""
+    parent = list(inspect.signature(parent_call).parameters.values())
+    extras = [p for p in inspect.signature(own_call).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    named = [p for p in parent if p.kind is not p.VAR_KEYWORD]
+    rest = [p for p in parent if p.kind is p.VAR_KEYWORD]
+    return inspect.Signature(named + extras + rest, return_annotation=inspect.signature(parent_call).return_annotation)
+
+
+@cache
+def _parent_signature(parent: type) -> inspect.Signature:
+    return inspect.signature(parent.__call__)
+
+
+def _images(call: dict) -> int | None:
+    """The number of images the call makes, as the parent counts it; None where the parent's ``check_inputs``
+    refuses the prompt arguments (it then says why)."""
+    prompt, embeds = call["prompt"], call["prompt_embeds"]
+    if isinstance(prompt, str):
+        batch = 1
+    elif isinstance(prompt, list):
+        batch = len(prompt)
+    elif prompt is None and embeds is not None:
+        batch = embeds.shape[0]
+    else:
+        return None
+    return batch * (call["num_images_per_prompt"] or 1)
 
 
 class SavesAsParent:
@@ -153,84 +65,60 @@ class SavesAsParent:
         index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def check_steps(num_inference_steps) -> int:
-    """``num_inference_steps`` as an int >= 1 (it counts sampler steps); TypeError for a non-integer."""
-    if isinstance(num_inference_steps, bool):
-        raise TypeError(f"num_inference_steps must be an int (the number of sampler steps), got {num_inference_steps}")
-    try:
-        steps = operator.index(num_inference_steps)
-    except TypeError:
-        raise TypeError(
-            f"num_inference_steps must be an int (the number of sampler steps), got {num_inference_steps!r} "
-            f"({type(num_inference_steps).__name__})"
-        ) from None
-    if steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1 (the number of sampler steps), got {steps}")
-    return steps
+class KPipelineMixin(SavesAsParent):
+    """Mixin for the K pipelines: a call is the parent's own ``__call__`` with a :class:`KScheduler` as its scheduler.
 
+    The KScheduler wraps the loaded scheduler (:meth:`KScheduler.from_scheduler`: a copy of it computes the schedule;
+    ``sampler=None`` runs its k-equivalent) and is put in place for the call only, in the instance's ``__dict__``, so
+    the pipeline's config and its ``scheduler`` component are untouched. A loaded KScheduler is used as it is when
+    no sampler option is given. The call's ``generator``, when given, is bound to the KScheduler (``set_generator``)
+    for the pipelines whose loop gives ``step`` none (FluxPipeline). After the call, ``pipe.k_sigmas`` holds its sampler
+    sigmas (float64 CPU, ``num_inference_steps + 1`` values), as a parent pipeline's ``scheduler.sigmas`` keeps its
+    last schedule.
 
-def check_latents(latents, expected: tuple[int, ...], layout: str) -> None:
-    """User ``latents``: a tensor of any floating dtype (the pipeline casts it, as the parent does) of exactly the
-    shape this call makes (``layout`` names the axes)."""
-    if latents is None:
-        return
-    if not isinstance(latents, torch.Tensor):
-        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-    if not latents.is_floating_point():
-        raise TypeError(f"latents must have a floating dtype (float16, bfloat16, float32, float64), got {latents.dtype}")
-    if tuple(latents.shape) != tuple(expected):
-        raise ValueError(f"latents have shape {tuple(latents.shape)}, this call needs {tuple(expected)} ({layout})")
+    Subclasses give ``latent_shape(images, height, width) -> (shape, axes)`` for the check of user ``latents``.
+    """
 
-
-def check_sigmas(sigmas, geometry: Geometry) -> None:
-    """A sampler's schedule (or the user's ``sigmas``, before any scheduler shifts them) must be a finite,
-    non-increasing 1-D sequence of at least 2 values, ending at or above 0, inside ``geometry``'s sigma range (flow:
-    at most 1)."""
-    if not isinstance(sigmas, torch.Tensor):
+    def k_call(self, args: tuple, kwargs: dict, **options):
+        """Check the call, then run the parent's ``__call__(*args, **kwargs)`` with the KScheduler ``options``
+        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe."""
+        bound = _parent_signature(diffusers_parent(type(self))).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        call = bound.arguments
+        if isinstance(self.scheduler, KScheduler) and not any(options.values()):
+            scheduler = self.scheduler
+        else:
+            scheduler = KScheduler.from_scheduler(self.scheduler, **options)
+        self._check_call(call, scheduler.geometry)
+        if call["generator"] is not None:
+            scheduler.set_generator(call["generator"])
+        loaded = self.scheduler
+        self.__dict__["scheduler"] = scheduler
         try:
-            sigmas = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise TypeError(f"sigmas must be a 1-D sequence of numbers, got {sigmas!r}") from None
-    if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas must be a 1-D sequence of at least 2 values, got shape {tuple(sigmas.shape)}")
-    check_schedule(sigmas.tolist(), geometry)
-
-
-def check_schedule_fits(sigmas: torch.Tensor, schedule: str, sigma_max: float, model: str) -> None:
-    """A named schedule must start at or below the model's largest noise level (the top of its sigma table): above
-    it the network would be fed a clamped timestep that does not match the noise in ``x``."""
-    if float(sigmas[0]) > sigma_max * (1 + SIGMA_MAX_SLACK_TABLE):
-        raise ValueError(
-            f"sigma_schedule={schedule!r} starts at sigma {float(sigmas[0]):.6g}, above {sigma_max:.6g}, the largest "
-            f"noise level of {model}; choose a schedule over the model's sigma table "
-            "(karras, exponential, normal, simple, sgm_uniform, beta, kl_optimal ...)"
-        )
-
-
-def run_sampler(pipe, function, spec: SamplerSpec | None, bridge, sigmas: torch.Tensor, x: torch.Tensor,
-                generator, sampler_kwargs: dict, state: dict, callback: Callable | None,
-                tensor_inputs: list[str], check_finite: bool = False) -> tuple[torch.Tensor, bool]:
-    """Run ``function`` on ``bridge`` over ``sigmas`` from ``x`` with the pipeline's progress bar (counting model
-    calls), callbacks, interrupt and the opt-in ``check_finite``; returns ``(x, interrupted)``. ``pipe.k_sigmas`` keeps the call's schedule (as a
-    parent pipeline's ``scheduler.sigmas`` does), for callbacks and :mod:`k_diffusing.parity`."""
-    check_sigmas(sigmas, bridge.geometry)
-    pipe.k_sigmas = sigmas.detach().cpu()
-    kwargs = dict(sampler_kwargs)
-    if takes_generator(function):
-        kwargs.setdefault("generator", generator)
-    pipe._num_timesteps = len(sigmas) - 1
-    per_step = spec.calls_per_step if spec is not None else 1
-    # An estimate (multi-call samplers take one call on the step into 0; restart and dpm_adaptive vary), set to the
-    # real count when sampling ends.
-    calls = per_step * pipe._num_timesteps - (per_step - 1 if sigmas[-1] == 0 else 0)
-    with pipe.progress_bar(total=calls) as progress:
-        model = PipelineDenoiser(pipe, bridge, sigmas.tolist(), progress, state, callback, tensor_inputs,
-                                 check_finite)
-        try:
-            # CPU sigmas: the samplers read them as host floats, so no device copy or sync is needed
-            return function(model, x, sigmas, disable=True, **kwargs), False
-        except Interrupted as stop:
-            return stop.latents, True
+            return super().__call__(*args, **kwargs)
         finally:
-            progress.total = progress.n
-            progress.refresh()
+            self.__dict__["scheduler"] = loaded
+            if scheduler.num_inference_steps is not None:
+                self.k_sigmas = torch.tensor(scheduler._k_sigmas, dtype=torch.float64)
+
+    def _check_call(self, call: dict, geometry: Geometry) -> None:
+        """The refusals the parent would make late (after encoding the prompt) or not at all: nonzero ``eta`` (a DDIM
+        option that KScheduler has no use for), the step count, custom ``sigmas``, user ``latents`` and a list of
+        generators of the wrong length."""
+        if call.get("eta"):
+            raise ValueError(f"eta={call['eta']} is a DDIM scheduler option; pass sampler_kwargs={{'eta': "
+                             f"{call['eta']}}} instead")
+        sigmas = call.get("sigmas")
+        if call.get("timesteps") is None and sigmas is None:
+            check_steps(call["num_inference_steps"])
+        if sigmas is not None:
+            check_sigmas(sigmas, geometry)
+        images = _images(call)
+        if images is None:
+            return
+        height = call["height"] or self.default_sample_size * self.vae_scale_factor
+        width = call["width"] or self.default_sample_size * self.vae_scale_factor
+        check_latents(call["latents"], *self.latent_shape(images, int(height), int(width)))
+        generator = call["generator"]
+        if isinstance(generator, list) and len(generator) != images:
+            raise ValueError(f"got {len(generator)} generators for a batch of {images} images; pass one per image")

@@ -24,6 +24,7 @@ asked about when they are not the very tensor it handed out.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -41,8 +42,8 @@ from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas
 from .geometry import FLOW, VE, Geometry
 from .registry import SamplerSpec
 from .schedules import flow_sigma_table, get_sigmas
-from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler, takes_generator
-from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, scheduler_sigmas
+from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
+from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, read_schedule, set_up
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,16 @@ class _Recorder:
         self.step_starts.append(len(self.sigmas))
 
 
+@functools.lru_cache(maxsize=None)
+def _parameters(function) -> frozenset:
+    return frozenset(inspect.signature(function).parameters)
+
+
+def takes(function, name: str) -> bool:
+    """Whether a sampler (spec or function) has parameter ``name`` (signatures read once)."""
+    return name in _parameters(function.function if isinstance(function, SamplerSpec) else function)
+
+
 def _zero_noise(sigma, sigma_next):
     return torch.zeros(1, 1)
 
@@ -94,9 +105,7 @@ def plan_calls(function: Callable, kwargs: dict, sigmas: list[float], geometry: 
     record its model calls. Valid for every sampler whose call sigmas depend only on the schedule and options."""
     recorder = _Recorder(geometry)
     dry = {k: v for k, v in kwargs.items() if k not in ("noise_sampler", "brownian", "generator")}
-    target = function.function if isinstance(function, SamplerSpec) else function
-    params = inspect.signature(target).parameters
-    if "noise_sampler" in params:
+    if takes(function, "noise_sampler"):
         dry["noise_sampler"] = _zero_noise
     with torch.random.fork_rng(devices=[]):
         function(recorder, torch.zeros(1, 1), torch.tensor(sigmas, dtype=torch.float64), disable=True, **dry)
@@ -255,6 +264,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = None
         self.num_inference_steps = None
         self._plan = None
+        self._plans: dict[tuple, CallPlan] = {}
         self._reset()
 
     # --- the schedule ------------------------------------------------------------------------------------------
@@ -284,14 +294,14 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 num_inference_steps = check_steps(num_inference_steps)
             elif sigmas is not None:
                 check_sigmas(sigmas, self.geometry)
-            own = scheduler_sigmas(self.base, num_inference_steps, timesteps, sigmas, mu)
+            own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu))  # our own copy
             k_sigmas, known = own.sigmas, own.known
         check_sigmas(k_sigmas, self.geometry)
         self._k_sigmas = k_sigmas.tolist()
         self._own = own
         self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
         self._bridge = self._timestep_map(known)
-        self._plan = plan_calls(self._function, self._kwargs, self._k_sigmas, self.geometry)
+        self._plan = self._plan_for(self._k_sigmas)
         # rel_tol: dpm_fast's first call comes back from its log-sigma grid one ulp off sigma_0
         if not math.isclose(self._plan.sigmas[0], self._k_sigmas[0], rel_tol=1e-9):
             raise ValueError(
@@ -306,6 +316,13 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = torch.tensor(self._plan.sigmas + (self._k_sigmas[-1],), dtype=torch.float32)
         self.num_inference_steps = len(self._k_sigmas) - 1
         self.order = self._plan.order
+
+    def _plan_for(self, sigmas: list[float]) -> CallPlan:
+        """The call plan of the sampler on ``sigmas``, cached per schedule (the sampler and options are fixed)."""
+        key = tuple(sigmas)
+        if key not in self._plans:
+            self._plans[key] = plan_calls(self._function, self._kwargs, sigmas, self.geometry)
+        return self._plans[key]
 
     def _named_schedule(self, steps: int, mu: float | None) -> torch.Tensor:
         config = self.base.config
@@ -385,7 +402,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             )
         step = starts.index(index)
         if index not in self._tail_checked:
-            tail = plan_calls(self._function, self._kwargs, self._k_sigmas[step:], self.geometry)
+            tail = self._plan_for(self._k_sigmas[step:])
             if tail.sigmas != self._plan.sigmas[index:]:
                 raise ValueError(
                     f"{self._sampler_name()} started at step {step} makes other model calls than the tail of its "
@@ -430,18 +447,22 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return sample / (s**2 + 1) ** 0.5
 
     def _denoised(self, x: torch.Tensor, sigma: float, model_output: torch.Tensor) -> torch.Tensor:
-        s = torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
+        """``D`` at the call's point from the network's output. Eps and flow take the host float (torch rounds a
+        Python scalar to the tensor's dtype first: the same bits as the bridge's sigma tensor); v needs
+        ``sqrt(s^2 + 1)`` in the state dtype, as the bridge computes it."""
         prediction = model_output.to(x.dtype)
         if self.geometry is FLOW:
-            return x - s * prediction
-        return discrete_denoised(x, s, prediction, self.base.config.prediction_type)
+            return x - sigma * prediction
+        prediction_type = self.base.config.prediction_type
+        s = sigma if prediction_type == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
+        return discrete_denoised(x, s, prediction, prediction_type)
 
     def _start(self, sample: torch.Tensor, generator) -> _Call:
         step = self._begin_step(self._step_index)
         kwargs = dict(self._kwargs)
         sigmas = self._k_sigmas[step:]
         generator = generator if generator is not None else self._generator
-        if takes_generator(self._function):
+        if takes(self._function, "generator"):
             kwargs.setdefault("generator", generator)
         if self.config.sampler is None and self._own is not None and "noise_sampler" not in kwargs:
             own_noise = brownian_noise_for(self.base, sample, self._own.sigmas.to(torch.float32))

@@ -122,30 +122,29 @@ class SchedulerSigmas:
     vp_latents: bool
 
 
-def _set_up_copy(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu=None):
-    """A copy of ``scheduler`` set up as the parent pipeline sets up its own (``mu`` only where accepted). A deep copy,
-    not ``from_config``: it keeps what the parent would use (``set_shift`` on a FlowMatch scheduler) and takes 0.13 ms
-    where ``from_config`` takes 0.8 ms (the pipeline benchmark's per-call overhead); ``set_timesteps`` resets the
-    copied step state."""
-    fresh = copy.deepcopy(scheduler)
-    params = set(inspect.signature(fresh.set_timesteps).parameters)
+def set_up(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu=None):
+    """``scheduler.set_timesteps`` called as diffusers' ``retrieve_timesteps`` calls it (custom ``timesteps`` or
+    ``sigmas`` replace the step count; ``mu`` only where accepted), on the CPU; returns the scheduler."""
+    params = set(inspect.signature(scheduler.set_timesteps).parameters)
     for name, value in (("timesteps", timesteps), ("sigmas", sigmas)):
         if value is not None and name not in params:
-            raise ValueError(f"{type(fresh).__name__}.set_timesteps does not take custom {name}")
+            raise ValueError(f"{type(scheduler).__name__}.set_timesteps does not take custom {name}")
     kwargs = {"mu": mu} if mu is not None and "mu" in params else {}
     if timesteps is not None:
-        fresh.set_timesteps(timesteps=timesteps, device="cpu", **kwargs)
-    elif sigmas is not None:  # as diffusers' retrieve_timesteps: custom sigmas replace the step count
-        fresh.set_timesteps(sigmas=sigmas, device="cpu", **kwargs)
+        scheduler.set_timesteps(timesteps=timesteps, device="cpu", **kwargs)
+    elif sigmas is not None:
+        scheduler.set_timesteps(sigmas=sigmas, device="cpu", **kwargs)
     else:
-        fresh.set_timesteps(num_inference_steps, device="cpu", **kwargs)
-    return fresh
+        scheduler.set_timesteps(num_inference_steps, device="cpu", **kwargs)
+    return scheduler
 
 
 def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas=None, mu=None) -> SchedulerSigmas:
-    """Set up a copy of ``scheduler`` and read its schedule: main sigmas (interleaved second-order evaluations
-    removed), the (sigma, timestep) pairs it feeds the network, and its initial noise scale."""
-    return read_schedule(_set_up_copy(scheduler, num_inference_steps, timesteps, sigmas, mu))
+    """Set up a copy of ``scheduler`` (:func:`set_up`) and read its schedule: main sigmas (interleaved second-order
+    evaluations removed), the (sigma, timestep) pairs it feeds the network, and its initial noise scale. A deep copy,
+    not ``from_config``: it keeps what the parent would use (``set_shift`` on a FlowMatch scheduler) and takes 0.13 ms
+    where ``from_config`` takes 0.8 ms; ``set_timesteps`` resets the copied step state."""
+    return read_schedule(set_up(copy.deepcopy(scheduler), num_inference_steps, timesteps, sigmas, mu))
 
 
 def read_schedule(scheduler) -> SchedulerSigmas:

@@ -10,12 +10,14 @@ from .registry import SamplerSpec, get_sampler, list_samplers, resolve_sampler
 
 __version__ = "0.1.0"
 
-_PIPELINES = {"KFluxPipeline", "KSDXLPipeline"}
+_PIPELINES = {"KFluxPipeline", "KSDXLPipeline", "KSDPipeline", "KSDXLImg2ImgPipeline", "KSDXLInpaintPipeline",
+              "KSDXLControlNetPipeline", "KSD3Pipeline", "KFluxImg2ImgPipeline", "KFluxInpaintPipeline",
+              "KFluxFillPipeline", "KFluxKontextPipeline"}
 
 
 def __getattr__(name):
     """The pipelines and KScheduler import diffusers, so they load on first use: ``k_diffusing.KScheduler``,
-    ``k_diffusing.KSDXLPipeline``, ``KFluxPipeline``."""
+    ``k_diffusing.KSDXLPipeline``, ``KFluxPipeline``, ``KSDXLImg2ImgPipeline``, ..."""
     if name in _PIPELINES:
         from . import pipelines
 
@@ -28,8 +30,7 @@ def __getattr__(name):
 
 __all__ = [
     "FLOW",
-    "KFluxPipeline",
-    "KSDXLPipeline",
+    *sorted(_PIPELINES),
     "KScheduler",
     "VE",
     "FlowMatching",

@@ -24,6 +24,8 @@ pytest.importorskip("greenlet")
 import diffusers
 
 from k_diffusing import KScheduler
+from k_diffusing.pipelines.common import diffusers_parent
+from k_diffusing.pipelines.variants import BY_ZOO_CASE
 from k_diffusing.testing.zoo import DISCRETE, ZOO
 
 pytestmark = [
@@ -79,3 +81,20 @@ def test_samplers_run_in_every_pipeline(case_name, sampler):
     out = case.run(pipe)
     assert torch.isfinite(out).all() and tuple(out.shape) == case.latent_shape
     assert len(steps) == len(scheduler.timesteps) - (scheduler.begin_index or 0)  # one per remaining timestep
+
+
+@pytest.mark.parametrize("case_name", list(BY_ZOO_CASE))
+def test_k_pipeline_names_equal_the_parent_with_kscheduler(case_name):
+    """``KSDXLImg2ImgPipeline(...)(..., sampler=s)`` is the parent with ``KScheduler(sampler=s)`` bound to the call's
+    generator, bit for bit; ``sampler=None`` reproduces the parent with its native scheduler."""
+    case, k_class = ZOO[case_name], BY_ZOO_CASE[case_name]
+    assert diffusers_parent(k_class) is case.pipeline_cls
+    scheduler = KScheduler.from_scheduler(case.default_scheduler(), sampler="euler_ancestral")
+    inputs = case.inputs(torch.Generator().manual_seed(2))
+    scheduler.set_generator(inputs["generator"])
+    theirs = case.build(scheduler)(**inputs)[0]
+    k_pipe = k_class(**case.components(case.default_scheduler()))
+    k_pipe.set_progress_bar_config(disable=True)
+    ours = k_pipe(**case.inputs(torch.Generator().manual_seed(2)), sampler="euler_ancestral")[0]
+    assert torch.equal(ours, theirs)
+    assert _rel(case.run(k_pipe), case.run(case.build())) <= PARITY[torch.float32]  # the native scheduler's run

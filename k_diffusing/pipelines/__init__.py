@@ -3,7 +3,9 @@
 
 import importlib
 
-_MODULES = {"KFluxPipeline": "flux", "KSDXLPipeline": "sdxl"}
+_VARIANTS = ["KSDPipeline", "KSDXLImg2ImgPipeline", "KSDXLInpaintPipeline", "KSDXLControlNetPipeline", "KSD3Pipeline",
+             "KFluxImg2ImgPipeline", "KFluxInpaintPipeline", "KFluxFillPipeline", "KFluxKontextPipeline"]
+_MODULES = {"KFluxPipeline": "flux", "KSDXLPipeline": "sdxl", **{name: "variants" for name in _VARIANTS}}
 
 
 def __getattr__(name):

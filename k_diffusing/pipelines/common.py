@@ -40,7 +40,7 @@ def _parent_signature(parent: type) -> inspect.Signature:
 def _images(call: dict) -> int | None:
     """The number of images the call makes, as the parent counts it; None where the parent's ``check_inputs``
     refuses the prompt arguments (it then says why)."""
-    prompt, embeds = call["prompt"], call["prompt_embeds"]
+    prompt, embeds = call.get("prompt"), call.get("prompt_embeds")
     if isinstance(prompt, str):
         batch = 1
     elif isinstance(prompt, list):
@@ -49,7 +49,7 @@ def _images(call: dict) -> int | None:
         batch = embeds.shape[0]
     else:
         return None
-    return batch * (call["num_images_per_prompt"] or 1)
+    return batch * (call.get("num_images_per_prompt") or 1)
 
 
 class SavesAsParent:
@@ -76,7 +76,8 @@ class KPipelineMixin(SavesAsParent):
     sigmas (float64 CPU, ``num_inference_steps + 1`` values), as a parent pipeline's ``scheduler.sigmas`` keeps its
     last schedule.
 
-    Subclasses give ``latent_shape(images, height, width) -> (shape, axes)`` for the check of user ``latents``.
+    Text-to-image subclasses give ``latent_shape(images, height, width) -> (shape, axes)`` for the check of user
+    ``latents``.
     """
 
     def k_call(self, args: tuple, kwargs: dict, **options):
@@ -116,9 +117,11 @@ class KPipelineMixin(SavesAsParent):
         images = _images(call)
         if images is None:
             return
-        height = call["height"] or self.default_sample_size * self.vae_scale_factor
-        width = call["width"] or self.default_sample_size * self.vae_scale_factor
-        check_latents(call["latents"], *self.latent_shape(images, int(height), int(width)))
+        latent_shape = getattr(self, "latent_shape", None)  # txt2img only: img2img/inpaint latents mean other things
+        if latent_shape is not None:
+            height = call["height"] or self.default_sample_size * self.vae_scale_factor
+            width = call["width"] or self.default_sample_size * self.vae_scale_factor
+            check_latents(call["latents"], *latent_shape(images, int(height), int(width)))
         generator = call["generator"]
         if isinstance(generator, list) and len(generator) != images:
             raise ValueError(f"got {len(generator)} generators for a batch of {images} images; pass one per image")

@@ -1,0 +1,103 @@
+"""K versions of the other common diffusers pipelines: each is the parent plus :class:`~k_diffusing.scheduler.
+KScheduler`, with the extra call arguments of :class:`~k_diffusing.pipelines.sdxl.KSDXLPipeline` (``sampler``,
+``sigma_schedule``, ``sampler_kwargs``, ``check_finite``, and ``quantize_timesteps`` for discrete models).
+
+Every diffusers pipeline also runs a k-sampler with ``pipe.scheduler = KScheduler.from_config(pipe.scheduler.config,
+sampler=...)``; these classes only give the names users look for and the per-call choice of sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from diffusers import (
+    FluxFillPipeline,
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    FluxKontextPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+)
+
+from .common import KPipelineMixin, call_signature
+
+
+def k_call(parent: type) -> Callable:
+    """A ``__call__`` for a K subclass of ``parent``: the parent's own, run with a KScheduler for the call."""
+
+    def __call__(self, *args, sampler: str | Callable | None = None, sigma_schedule: str | None = None,
+                 sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool = False,
+                 check_finite: bool = False, **kwargs):
+        return self.k_call(args, kwargs, sampler=sampler, sigma_schedule=sigma_schedule,
+                           sampler_kwargs=sampler_kwargs, quantize_timesteps=quantize_timesteps,
+                           check_finite=check_finite)
+
+    __call__.__doc__ = (f"``{parent.__name__}.__call__`` (same arguments, same loop) with a k-sampler as the "
+                        "scheduler; the extra arguments are KSDXLPipeline's (``quantize_timesteps``: discrete models "
+                        "only).")
+    __call__.__signature__ = call_signature(parent.__call__, __call__)
+    return __call__
+
+
+class KSDPipeline(KPipelineMixin, StableDiffusionPipeline):
+    """StableDiffusionPipeline (SD 1.x / 2.x) with a k-sampler."""
+
+    __call__ = k_call(StableDiffusionPipeline)
+
+
+class KSDXLImg2ImgPipeline(KPipelineMixin, StableDiffusionXLImg2ImgPipeline):
+    """StableDiffusionXLImg2ImgPipeline (img2img, and the refiner) with a k-sampler."""
+
+    __call__ = k_call(StableDiffusionXLImg2ImgPipeline)
+
+
+class KSDXLInpaintPipeline(KPipelineMixin, StableDiffusionXLInpaintPipeline):
+    """StableDiffusionXLInpaintPipeline with a k-sampler."""
+
+    __call__ = k_call(StableDiffusionXLInpaintPipeline)
+
+
+class KSDXLControlNetPipeline(KPipelineMixin, StableDiffusionXLControlNetPipeline):
+    """StableDiffusionXLControlNetPipeline with a k-sampler."""
+
+    __call__ = k_call(StableDiffusionXLControlNetPipeline)
+
+
+class KSD3Pipeline(KPipelineMixin, StableDiffusion3Pipeline):
+    """StableDiffusion3Pipeline with a k-sampler in flow geometry."""
+
+    __call__ = k_call(StableDiffusion3Pipeline)
+
+
+class KFluxImg2ImgPipeline(KPipelineMixin, FluxImg2ImgPipeline):
+    """FluxImg2ImgPipeline with a k-sampler in flow geometry."""
+
+    __call__ = k_call(FluxImg2ImgPipeline)
+
+
+class KFluxInpaintPipeline(KPipelineMixin, FluxInpaintPipeline):
+    """FluxInpaintPipeline with a k-sampler in flow geometry."""
+
+    __call__ = k_call(FluxInpaintPipeline)
+
+
+class KFluxFillPipeline(KPipelineMixin, FluxFillPipeline):
+    """FluxFillPipeline with a k-sampler in flow geometry."""
+
+    __call__ = k_call(FluxFillPipeline)
+
+
+class KFluxKontextPipeline(KPipelineMixin, FluxKontextPipeline):
+    """FluxKontextPipeline with a k-sampler in flow geometry."""
+
+    __call__ = k_call(FluxKontextPipeline)
+
+
+# Zoo case (k_diffusing.testing.zoo) -> K class, for the tests.
+BY_ZOO_CASE = {"sd15": KSDPipeline, "sdxl_img2img": KSDXLImg2ImgPipeline, "sdxl_inpaint": KSDXLInpaintPipeline,
+               "sdxl_controlnet": KSDXLControlNetPipeline, "sdxl_refiner": KSDXLImg2ImgPipeline, "sd3": KSD3Pipeline,
+               "flux_img2img": KFluxImg2ImgPipeline, "flux_inpaint": KFluxInpaintPipeline,
+               "flux_fill": KFluxFillPipeline, "flux_kontext": KFluxKontextPipeline}

@@ -69,11 +69,6 @@ def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dic
         )
 
 
-def takes_generator(function) -> bool:
-    target = function.function if isinstance(function, SamplerSpec) else function
-    return "generator" in inspect.signature(target).parameters
-
-
 def check_steps(num_inference_steps) -> int:
     """``num_inference_steps`` as an int >= 1 (it counts sampler steps); TypeError for a non-integer."""
     if isinstance(num_inference_steps, bool):

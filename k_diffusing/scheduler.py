@@ -14,9 +14,11 @@ denoiser and zero noise, recording the sigma of every model call and where each 
 lists one entry per call (multi-call samplers list every call, as diffusers' HeunDiscreteScheduler does) and
 ``order`` is the calls per step. Samplers whose calls depend on the data (``dpm_adaptive``) are refused.
 
-Latent convention: VE units for discrete models (``x = x0 + sigma eps``, as diffusers' Euler schedulers keep them:
-``scale_model_input`` divides by ``sqrt(sigma^2 + 1)``), flow units for flow models (``x = (1 - sigma) x0 +
-sigma eps``, unscaled). Latents the pipeline changes between calls (inpainting's blend with the re-noised original,
+Latent convention: the base scheduler's. VE units for discrete models (``x = x0 + sigma eps``, as diffusers' Euler
+schedulers keep them: ``scale_model_input`` divides by ``sqrt(sigma^2 + 1)``), except VP units
+``x / sqrt(sigma^2 + 1)`` on the own schedule of a scheduler that keeps those (DDIM, DPM-Solver, UniPC, DEIS); flow
+units for flow models (``x = (1 - sigma) x0 + sigma eps``, unscaled). The sampler itself always runs in VE or flow
+units. Latents the pipeline changes between calls (inpainting's blend with the re-noised original,
 a callback that returns new latents) become the sampler's state: ``step`` copies them into the tensor the sampler
 asked about when they are not the very tensor it handed out.
 """
@@ -111,6 +113,11 @@ def plan_calls(function: Callable, kwargs: dict, sigmas: list[float], geometry: 
         function(recorder, torch.zeros(1, 1), torch.tensor(sigmas, dtype=torch.float64), disable=True, **dry)
     starts = tuple(s for s in recorder.step_starts if s < len(recorder.sigmas))
     return CallPlan(tuple(recorder.sigmas), tuple(sorted(set(starts))))
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place modification counter (-1 for inference-mode tensors, which keep none)."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 class _Call(NamedTuple):
@@ -264,6 +271,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = None
         self.num_inference_steps = None
         self._plan = None
+        self._vp = False
         self._plans: dict[tuple, CallPlan] = {}
         self._reset()
 
@@ -290,15 +298,20 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             k_sigmas = self._named_schedule(steps, mu)
             known = None
         else:
+            if sigmas is not None and not takes(self.base.set_timesteps, "sigmas") and _is_uniform_flow_default(sigmas):
+                num_inference_steps, sigmas = len(sigmas), None  # FluxPipeline's default sigmas, FlowMatchHeun
             if timesteps is None and sigmas is None:
                 num_inference_steps = check_steps(num_inference_steps)
-            elif sigmas is not None:
+            elif sigmas is not None and len(sigmas) > 1:  # one sigma: a one-step FLUX run, the base appends 0
                 check_sigmas(sigmas, self.geometry)
             own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu))  # our own copy
             k_sigmas, known = own.sigmas, own.known
         check_sigmas(k_sigmas, self.geometry)
         self._k_sigmas = k_sigmas.tolist()
         self._own = own
+        # VP latents x / sqrt(sigma^2 + 1), as the base keeps them (DDIM, DPM-Solver, UniPC, DEIS on their own
+        # schedule): the loop then holds what the native scheduler would, also above sigma = 0 (denoising_end)
+        self._vp = self.geometry is VE and own is not None and own.vp_latents
         self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
         self._bridge = self._timestep_map(known)
         self._plan = self._plan_for(self._k_sigmas)
@@ -339,13 +352,14 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _initial_scale(self, own, sigma_0: float) -> float:
         """What the pipeline multiplies unit initial noise by: flow 1 (the state at sigma_0 is the noise itself);
-        discrete, the base scheduler's ``init_noise_sigma`` in VE units on its own schedule (exact parity, e.g.
-        ``sqrt(sigma^2 + 1)`` for 'leading' spacing), else the first sigma (k-diffusion's convention)."""
+        discrete, the base scheduler's own ``init_noise_sigma`` on its own schedule (exact parity, e.g.
+        ``sqrt(sigma^2 + 1)`` for 'leading' spacing, 1 for VP latents), else the first sigma (k-diffusion's
+        convention)."""
         if self.geometry is FLOW:
             return 1.0
         if own is None:
             return sigma_0
-        return own.init_noise_sigma * (math.sqrt(sigma_0**2 + 1) if own.vp_latents else 1.0)
+        return own.init_noise_sigma
 
     def _timestep_map(self, known):
         """A bridge denoiser used only for its sigma -> timestep rule (``host_t``)."""
@@ -439,9 +453,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The network's input at the current call: ``x / sqrt(sigma^2 + 1)`` for discrete models (VP scaling of
-        VE latents), ``x`` for flow models."""
+        VE latents), the latents themselves for flow models and VP latents."""
         self._init_step_index(timestep)
-        if self.geometry is FLOW:
+        if self.geometry is FLOW or self._vp:
             return sample
         s = torch.full((), self._plan.sigmas[self._step_index], dtype=torch.float32, device=sample.device)
         return sample / (s**2 + 1) ** 0.5
@@ -456,6 +470,14 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         prediction_type = self.base.config.prediction_type
         s = sigma if prediction_type == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
         return discrete_denoised(x, s, prediction, prediction_type)
+
+    def _to_state(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The sampler's state (VE or flow units) from the loop's latents at ``sigma``."""
+        return latents * math.sqrt(sigma**2 + 1) if self._vp else latents
+
+    def _to_latents(self, x: torch.Tensor, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+        """The loop's latents (in ``dtype``) from the sampler's state at ``sigma``."""
+        return (x / math.sqrt(sigma**2 + 1) if self._vp else x).to(dtype)
 
     def _start(self, sample: torch.Tensor, generator) -> _Call:
         step = self._begin_step(self._step_index)
@@ -479,7 +501,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                                         **kwargs))
 
         self._greenlet = greenlet.greenlet(run)
-        return self._resume(sample)
+        return self._resume(self._to_state(sample, sigmas[0]))
 
     def _resume(self, value):
         self._greenlet.parent = greenlet.getcurrent()
@@ -507,8 +529,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             call = self._start(sample, generator)
         else:
             call = self._pending
-            if not (sample is self._handed and sample._version == self._handed_version):
-                call.x.copy_(sample)
+            if not (sample is self._handed and _version(sample) == self._handed_version):
+                call.x.copy_(self._to_state(sample, call.sigma))
         self._check_call(call, index)
         denoised = self._denoised(call.x, call.sigma, model_output)
         result = self._resume(denoised)
@@ -519,15 +541,16 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         elif self._step_index != len(self._plan.sigmas):
             raise RuntimeError(f"{self._sampler_name()} finished after {self._step_index} model calls; its plan has "
                                f"{len(self._plan.sigmas)}")
-        prev_sample = result.x.to(sample.dtype)
-        self._handed, self._handed_version = prev_sample, prev_sample._version
+        next_sigma = result.sigma if isinstance(result, _Call) else self._k_sigmas[-1]
+        prev_sample = self._to_latents(result.x, next_sigma, sample.dtype)
+        self._handed, self._handed_version = prev_sample, _version(prev_sample)
         if self.config.check_finite and not bool(torch.isfinite(prev_sample).all()):
             raise FloatingPointError(
                 f"the latents hold NaN/inf after model call {index} (sigma {call.sigma:.6g}); check_finite=True "
                 "stopped the run there (common causes: float16 overflow in the network, a schedule outside the "
                 "model's range, a sampler option such as a large s_noise)"
             )
-        out_denoised = denoised.to(sample.dtype)
+        out_denoised = denoised.to(sample.dtype)  # x0 is the same in VE and VP units
         if not return_dict:
             return prev_sample, out_denoised
         return KSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out_denoised)
@@ -558,11 +581,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """``x0`` noised to each timestep's sigma in this scheduler's latent units: ``x0 + sigma noise`` (VE),
-        ``(1 - sigma) x0 + sigma noise`` (flow)."""
+        that over ``sqrt(sigma^2 + 1)`` (VP latents), ``(1 - sigma) x0 + sigma noise`` (flow)."""
         sigma = self._noise_sigmas(timesteps, original_samples)
         if self.geometry is FLOW:
             return sigma * noise + (1.0 - sigma) * original_samples
-        return original_samples + noise * sigma
+        noised = original_samples + noise * sigma
+        return noised / (sigma**2 + 1) ** 0.5 if self._vp else noised
 
     def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
         """FlowMatchEulerDiscreteScheduler's name for :meth:`add_noise` (flow img2img / inpainting)."""

@@ -3,6 +3,11 @@
 ``test_sdxl.py`` and ``test_flux.py`` at the repository root are this module's command line for each model family;
 ``python -m k_diffusing gallery`` runs both on the embedded models and can write the README's gallery table.
 
+Samplers the K pipelines cannot run (:data:`k_diffusing.scheduler.UNPLANNABLE`: ``dpm_adaptive``, whose number of
+model calls depends on the data, so no timesteps can be given to a pipeline upfront) are left out, and refused when
+named with ``--samplers``; they stay available through :mod:`k_diffusing.sampling`. Bad arguments exit with status
+2, before any model is loaded.
+
 Every sampler gets the same prompts, seeds (one CPU generator per image, ``seed + i``) and number of steps, on the
 pipeline's own sigmas unless ``--sigma-schedule`` names one. Outputs in ``--out``: ``<sampler>.png`` (the prompts'
 images side by side), ``grid.png`` (one labelled row per sampler) and ``gallery.json`` (the settings, and per
@@ -46,6 +51,38 @@ CELL = 96  # pixels per image in grid.png (small images are scaled up, nearest n
 # --- arguments ---------------------------------------------------------------------------------------------------
 
 
+class BadArguments(SystemExit):
+    """Command-line input the gallery cannot run: exit status 2 (as argparse's own errors and ``generate``);
+    ``str()`` is the message, which :func:`main` prints."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 2
+
+
+def pipeline_refusal(name: str, given: str | None = None) -> str | None:
+    """Why the K pipelines cannot run catalogue sampler ``name`` (``given``: the name the user wrote, when
+    another), or None when they can. The samplers are :data:`k_diffusing.scheduler.UNPLANNABLE`."""
+    from . import sampling
+    from .scheduler import UNPLANNABLE
+
+    if name not in UNPLANNABLE:
+        return None
+    named = repr(name) if given in (None, name) else f"{given!r} ({name})"
+    functional = "k_diffusing.sampling" + (f".sample_{name}" if hasattr(sampling, f"sample_{name}") else "")
+    return (f"sampler {named} cannot run through the K pipelines: it chooses its number of model calls from the "
+            "data (adaptive step size), so no timesteps can be given to a pipeline upfront. It is available through "
+            f"the functional API ({functional}); for a pipeline pick a fixed-step sampler (dpm_fast, dpmpp_2m, "
+            "uni_pc, ...)")
+
+
+def pipeline_samplers() -> list:
+    """The catalogue's specs the K pipelines can run (every one but :func:`pipeline_refusal`'s)."""
+    from .registry import list_samplers
+
+    return [spec for spec in list_samplers() if pipeline_refusal(spec.name) is None]
+
+
 def parser(kind: str) -> argparse.ArgumentParser:
     family = {"sdxl": "SDXL", "flux": "FLUX"}[kind]
     p = argparse.ArgumentParser(
@@ -68,29 +105,34 @@ def parser(kind: str) -> argparse.ArgumentParser:
 
 
 def validate(args) -> list:
-    """Check the cheap arguments before any model is loaded; returns the ``(name, spec, schedule)`` to run."""
+    """Check the cheap arguments before any model is loaded; returns the ``(name, spec, schedule)`` to run
+    (default: every sampler of :func:`pipeline_samplers`). :class:`BadArguments` otherwise."""
     from .names import unknown_name
-    from .registry import list_samplers, resolve_sampler
+    from .registry import resolve_sampler
     from .schedules import SCHEDULES
 
     if args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+        raise BadArguments(f"--steps must be at least 1, got {args.steps}")
     if args.sigma_schedule is not None and args.sigma_schedule not in SCHEDULES:
-        raise SystemExit(str(unknown_name("sigma schedule", args.sigma_schedule, SCHEDULES)))
+        raise BadArguments(str(unknown_name("sigma schedule", args.sigma_schedule, SCHEDULES)))
     for side in ("height", "width"):
         value = getattr(args, side)
         if value is not None and value < 1:
-            raise SystemExit(f"--{side} must be positive, got {value}")
+            raise BadArguments(f"--{side} must be positive, got {value}")
     if args.samplers is None:
-        return [(spec.name, spec, args.sigma_schedule) for spec in list_samplers()]
+        return [(spec.name, spec, args.sigma_schedule) for spec in pipeline_samplers()]
     chosen = []
     for name in args.samplers:
         try:
             spec, schedule = resolve_sampler(name)
         except ValueError as error:
-            raise SystemExit(str(error)) from None
+            raise BadArguments(str(error)) from None
+        refusal = pipeline_refusal(spec.name, name)
+        if refusal is not None:
+            raise BadArguments(f"--samplers: {refusal}")
         if schedule is not None and args.sigma_schedule is not None and schedule != args.sigma_schedule:
-            raise SystemExit(f"{name!r} implies sigma schedule {schedule!r} but --sigma-schedule is {args.sigma_schedule!r}")
+            raise BadArguments(f"{name!r} implies sigma schedule {schedule!r} but --sigma-schedule is "
+                               f"{args.sigma_schedule!r}")
         chosen.append((spec.name, spec, schedule or args.sigma_schedule))
     return chosen
 
@@ -213,7 +255,18 @@ def main(kind: str, argv=None) -> int:
     from tqdm.auto import tqdm
 
     args = parser(kind).parse_args(argv)
-    chosen = validate(args)
+    try:
+        chosen = validate(args)
+    except BadArguments as error:  # exit status 2 with the message, as argparse's own errors
+        print(f"error: {error}", file=sys.stderr)
+        raise
+    if args.samplers is None:
+        from .registry import list_samplers
+
+        skipped = [spec.name for spec in list_samplers() if pipeline_refusal(spec.name) is not None]
+        if skipped:
+            print(f"not rendered (the K pipelines cannot run them; functional API only): {', '.join(skipped)}",
+                  file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype or ("float32" if device == "cpu" else "bfloat16")]
     pipe = load_pipeline(kind, args.model, device, dtype)
@@ -257,6 +310,7 @@ def gallery_table(folders: dict[str, Path], base: Path) -> str:
         f"Prompts, left to right: {'; '.join(repr(p) for p in first['prompts'])}. Seeds {first['seed']}.."
         f"{first['seed'] + len(first['prompts']) - 1}; the pipeline's own sigmas. Each cell: model calls, mean "
         "adherence (fraction of the prompted attributes the image shows).",
+        *_unrendered_note(),
         "",
         f"| sampler | {header} |",
         "|---|" + "---|" * len(records),
@@ -274,3 +328,16 @@ def gallery_table(folders: dict[str, Path], base: Path) -> str:
             cells.append(f'<img src="{image}" height="64"><br>{entry["model_calls"]} calls{score}')
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _unrendered_note() -> list[str]:
+    """The gallery table's line on the catalogue samplers the K pipelines cannot run (none: no line)."""
+    from .registry import list_samplers
+
+    names = [spec.name for spec in list_samplers() if pipeline_refusal(spec.name) is not None]
+    if not names:
+        return []
+    listed = ", ".join(f"`{name}`" for name in names)
+    return ["", f"Not rendered: {listed}, whose number of model calls depends on the data (adaptive step size): no "
+            "timesteps can be given to a pipeline upfront, so the K pipelines refuse it. It runs through the "
+            "functional API (`k_diffusing.sampling`)."]

@@ -91,7 +91,8 @@ def _typed(key: str, value, where: str):
 
 def check_job_values(values: dict, where: str) -> dict:
     """``values`` with A1111 sampler names resolved (``"DPM++ 2M Karras"`` -> dpmpp_2m + karras) and every value
-    checked; JobError naming ``where`` otherwise."""
+    checked; JobError naming ``where`` otherwise (also for a sampler the pipelines cannot run: ``dpm_adaptive``)."""
+    from .gallery import pipeline_refusal
     from .registry import resolve_sampler
     from .schedules import SCHEDULES
 
@@ -106,6 +107,9 @@ def check_job_values(values: dict, where: str) -> dict:
             spec, implied = resolve_sampler(values["sampler"])
         except ValueError as error:
             raise JobError(f"{where}: {error}") from None
+        refusal = pipeline_refusal(spec.name, values["sampler"])
+        if refusal is not None:
+            raise JobError(f"{where}: {refusal}")
         if implied is not None and values.get("schedule", implied) != implied:
             raise JobError(f"{where}: sampler {values['sampler']!r} implies schedule {implied!r} but the job sets "
                            f"schedule {values['schedule']!r}")

@@ -23,7 +23,9 @@ be compared, with a message naming it)::
 Without ``--candidate`` the candidates are rendered here from each golden folder's ``gallery.json`` (model, prompts,
 seed, steps, size, guidance, device, dtype, samplers and their schedules) into ``<report>/candidates/``. A
 ``--golden`` folder without ``gallery.json`` whose subfolders have one (``outputs/gallery``) is checked subfolder
-by subfolder, each into ``<report>/<subfolder>/``.
+by subfolder, each into ``<report>/<subfolder>/``. Samplers the K pipelines cannot run (``dpm_adaptive``, see
+:func:`k_diffusing.gallery.pipeline_refusal`) have no goldens; a ``gallery.json`` that lists one cannot be rendered
+(exit status 2).
 """
 
 from __future__ import annotations
@@ -304,13 +306,18 @@ class Renderer:
 
 
 def render_candidates(golden: Path, out: Path, model: str | None = None, progress=None) -> list[str]:
-    """Render every sampler of golden folder ``golden`` into ``out/<sampler>.png``; returns the names."""
+    """Render every sampler of golden folder ``golden`` into ``out/<sampler>.png``; returns the names.
+    :class:`BadInput` before loading the model if a sampler is one the K pipelines cannot run."""
     from PIL import Image
 
-    from .gallery import save_atomic
+    from .gallery import pipeline_refusal, save_atomic
 
     record = load_record(golden)
     names = golden_samplers(golden)
+    for name in names:
+        refusal = pipeline_refusal(name)
+        if refusal is not None:
+            raise BadInput(f"{Path(golden) / 'gallery.json'} lists {name}, which cannot be rendered: {refusal}")
     renderer = Renderer(record, model)
     out.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
@@ -322,10 +329,10 @@ def render_candidates(golden: Path, out: Path, model: str | None = None, progres
 
 def catalogue_note(names) -> str | None:
     """A note naming catalogue samplers that have no golden (reported, not failed: a golden folder may hold a
-    chosen subset)."""
-    from .registry import list_samplers
+    chosen subset); samplers the K pipelines cannot run are not named (they never have one)."""
+    from .gallery import pipeline_samplers
 
-    absent = [spec.name for spec in list_samplers() if spec.name not in set(names)]
+    absent = [spec.name for spec in pipeline_samplers() if spec.name not in set(names)]
     if not absent:
         return None
     return f"catalogue samplers without a golden (not compared): {', '.join(absent)}"

@@ -1,5 +1,6 @@
 """The committed embedded models (k_diffusing/embedded/models/): they load offline with the K pipelines, have the real
-architectures, and draw what they are prompted for, by the pixel-statistics adherence score, with every sampler.
+architectures, and draw what they are prompted for, by the pixel-statistics adherence score, with every sampler the
+pipelines can run (all but dpm_adaptive, which they refuse: its model calls depend on the data).
 
 Thresholds are set from measured values with a margin (the measured numbers and the command that gives them are in
 the README's "Embedded models" section): a mean over the prompts below them means the weights or a sampler broke.
@@ -13,8 +14,7 @@ pytest.importorskip("diffusers")
 from k_diffusing.embedded.evaluate import evaluation_prompts
 from k_diffusing.embedded.score import adherence_batch, clean_fraction
 from k_diffusing.embedded.training import folder_size
-from k_diffusing.gallery import EMBEDDED, load_pipeline, pipeline_options, render
-from k_diffusing.registry import list_samplers
+from k_diffusing.gallery import EMBEDDED, load_pipeline, pipeline_options, pipeline_samplers, render
 
 # Mean adherence over the first 16 evaluation prompts with the default sampler at 20 steps (measured: SDXL 0.96,
 # FLUX 0.91), and over 8 prompts for every sampler (measured: SDXL 0.725 (sa_solver) to 1.0, most 0.95; FLUX 0.925
@@ -66,7 +66,7 @@ def test_default_sampler_draws_the_prompt(embedded):
     assert adherence >= DEFAULT_FLOOR[kind] and clean >= CLEAN_FLOOR[kind], (adherence, clean)
 
 
-@pytest.mark.parametrize("sampler", [spec.name for spec in list_samplers()])
+@pytest.mark.parametrize("sampler", [spec.name for spec in pipeline_samplers()])
 def test_every_sampler_draws_the_prompt(embedded, sampler):
     kind, pipe = embedded
     assert mean_scores(kind, pipe, evaluation_prompts(8), sampler)[0] >= EVERY_SAMPLER_FLOOR[kind]

@@ -88,14 +88,40 @@ def test_gallery_non_shapes_prompt_has_no_score(saved, tmp_path):
         (["--steps", "0"], "--steps must be at least 1, got 0"),
         (["--height", "-8"], "--height must be positive, got -8"),
         (["--samplers", "DPM++ 2M Karras", "--sigma-schedule", "exponential"], "implies sigma schedule 'karras'"),
+        (["--samplers", "euler", "dpm_adaptive"], "sampler 'dpm_adaptive' cannot run through the K pipelines: it "
+                                                  "chooses its number of model calls from the data"),
+        (["--samplers", "DPM adaptive"], "sampler 'DPM adaptive' (dpm_adaptive) cannot run through the K pipelines"),
     ],
 )
-def test_gallery_refuses_bad_arguments_before_loading(tmp_path, argv, message):
+def test_gallery_refuses_bad_arguments_before_loading(tmp_path, capsys, argv, message):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as error:
         gallery.main("sdxl", ["--model", str(tmp_path / "missing"), "--out", str(out), *argv])
     assert message in str(error.value)
+    assert error.value.code == 2  # as argparse's own errors
+    assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_gallery_leaves_out_the_samplers_pipelines_cannot_run():
+    """By default every catalogue sampler but dpm_adaptive (KScheduler refuses it: its model calls depend on the
+    data), which is the only one left out."""
+    from k_diffusing.registry import list_samplers
+    from k_diffusing.scheduler import UNPLANNABLE
+
+    chosen = [name for name, _, _ in gallery.validate(gallery.parser("sdxl").parse_args([]))]
+    assert chosen == [spec.name for spec in gallery.pipeline_samplers()]
+    assert set(spec.name for spec in list_samplers()) - set(chosen) == UNPLANNABLE == {"dpm_adaptive"}
+    assert gallery.pipeline_refusal("euler") is None
+    assert "k_diffusing.sampling.sample_dpm_adaptive" in gallery.pipeline_refusal("dpm_adaptive")
+
+
+def test_gallery_script_exits_2_on_bad_arguments(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "test_sdxl.py"), "--out", str(tmp_path / "never"),
+                           "--samplers", "dpm_adaptive"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "error: --samplers: sampler 'dpm_adaptive' cannot run through the K pipelines" in done.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_gallery_table_links_both_families(saved, tmp_path):

@@ -90,6 +90,11 @@ BAD_JOBS = [
     ("jobs.jsonl", '{"negative_prompt": "x"}\n', r"line 1: the job has no 'prompt'"),
     ("jobs.jsonl", '{"prompt": "a", "cfg": 7}\n', r"line 1: unknown key\(s\) \['cfg'\]; a job may set prompt, "),
     ("jobs.jsonl", '{"prompt": "a", "sampler": "dpmpp_9m"}\n', r"line 1: unknown sampler 'dpmpp_9m'"),
+    ("jobs.jsonl", '{"prompt": "a"}\n{"prompt": "b", "sampler": "dpm_adaptive"}\n',
+     r"line 2: sampler 'dpm_adaptive' cannot run through the K pipelines: it chooses its number of model calls from "
+     r"the data .*k_diffusing\.sampling\.sample_dpm_adaptive"),
+    ("jobs.jsonl", '{"prompt": "a", "sampler": "DPM adaptive"}\n',
+     r"line 1: sampler 'DPM adaptive' \(dpm_adaptive\) cannot run through the K pipelines"),
     ("jobs.jsonl", '{"prompt": "a", "schedule": "karas"}\n', r"line 1: unknown sigma schedule 'karas'.*karras"),
     ("jobs.jsonl", '{"prompt": "a", "sampler": "DPM++ 2M Karras", "schedule": "beta"}\n',
      r"line 1: sampler 'DPM\+\+ 2M Karras' implies schedule 'karras' but the job sets schedule 'beta'"),
@@ -124,6 +129,8 @@ def test_command_line_defaults_are_checked_and_jobs_override_them(tmp_path):
     assert (second.seed, second.sampler, second.schedule) == (10, "euler", "exponential")
     with pytest.raises(JobError, match="command line: 'steps' must be >= 1"):
         read_jobs(path, {"steps": 0}, "m")
+    with pytest.raises(JobError, match="command line: sampler 'dpm_adaptive' cannot run through the K pipelines"):
+        read_jobs(path, {"sampler": "dpm_adaptive"}, "m")
 
 
 # --- running -------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Image-diff regression (k_diffusing.regression): every catalogue sampler on both embedded models, re-rendered with
-the settings of outputs/gallery/<kind>/gallery.json, against the committed strips, within regression.Tolerance().
+"""Image-diff regression (k_diffusing.regression): every catalogue sampler the K pipelines can run (all but
+dpm_adaptive, which has no golden) on both embedded models, re-rendered with the settings of
+outputs/gallery/<kind>/gallery.json, against the committed strips, within regression.Tolerance().
 
 A failing sampler writes outputs/regression/<kind>/report.md (+ report.json, the candidate strip under candidates/
 and <sampler>.diff.png: golden, candidate, amplified difference) and names the report in the assertion. Refresh the
@@ -30,10 +31,11 @@ KINDS = ("sdxl", "flux")
 
 
 def cases():
-    """(kind, sampler) for every golden strip and every catalogue sampler (one without a golden fails)."""
-    from k_diffusing.registry import list_samplers
+    """(kind, sampler) for every golden strip and every catalogue sampler the pipelines can run (one without a
+    golden fails; a golden of one they cannot run fails too)."""
+    from k_diffusing.gallery import pipeline_samplers
 
-    catalogue = [spec.name for spec in list_samplers()]
+    catalogue = [spec.name for spec in pipeline_samplers()]
     params = []
     for kind in KINDS:
         golden = list(json.loads((GOLDEN / kind / "gallery.json").read_text())["samplers"])
@@ -71,6 +73,7 @@ def test_sampler_matches_golden(goldens, kind, name):
         path = regression.write_report(report, folder)
         pytest.fail(f"{kind} sampler {name} has no golden {golden.relative_to(ROOT)}: render the goldens on purpose "
                     f"with `python -m k_diffusing` (or `python test_{kind}.py`). Report: {path}", pytrace=False)
+    from k_diffusing.gallery import pipeline_refusal
     from k_diffusing.registry import list_samplers
 
     if name not in {spec.name for spec in list_samplers()}:
@@ -78,6 +81,11 @@ def test_sampler_matches_golden(goldens, kind, name):
         path = regression.write_report(report, folder)
         pytest.fail(f"{kind} golden {golden.relative_to(ROOT)} is for {name!r}, which is not in the catalogue. "
                     f"Report: {path}", pytrace=False)
+    if pipeline_refusal(name) is not None:
+        report.results.append(Result(name, "missing", golden, None))
+        path = regression.write_report(report, folder)
+        pytest.fail(f"{kind} golden {golden.relative_to(ROOT)}: {pipeline_refusal(name)}. Remove it from the "
+                    f"goldens. Report: {path}", pytrace=False)
     candidate = renderer.strip(name)
     result = regression.compare_arrays(name, regression.read_png(golden), candidate, report.tolerance, golden)
     report.results.append(result)
@@ -88,6 +96,25 @@ def test_sampler_matches_golden(goldens, kind, name):
         path = regression.write_report(report, folder)
         pytest.fail(f"{kind} sampler {result.describe(report.tolerance)}\n"
                     f"report: {path}\ndifference image: {folder / f'{name}.diff.png'}", pytrace=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_goldens_leave_out_only_the_samplers_pipelines_cannot_run(kind):
+    """The committed goldens cover every catalogue sampler but dpm_adaptive (the pipelines refuse it: its model
+    calls depend on the data), and hold no strip without an entry in gallery.json."""
+    from k_diffusing.registry import list_samplers
+
+    folder = GOLDEN / kind
+    golden = set(json.loads((folder / "gallery.json").read_text())["samplers"])
+    assert {spec.name for spec in list_samplers()} - golden == {"dpm_adaptive"}
+    assert {path.stem for path in folder.glob("*.png")} - {"grid"} == golden
+
+
+def test_render_mode_refuses_a_golden_of_a_sampler_pipelines_cannot_run(tmp_path, capsys):
+    golden = write_gallery(tmp_path / "golden", {"euler": strips(1)["s0"], "dpm_adaptive": strips(1)["s0"]})
+    assert regression.main(["--golden", str(golden), "--report", str(tmp_path / "r")]) == 2
+    assert "lists dpm_adaptive, which cannot be rendered: sampler 'dpm_adaptive' cannot run through the K " \
+           "pipelines" in capsys.readouterr().err
 
 
 # --- the comparison ----------------------------------------------------------------------------------------------
@@ -234,6 +261,7 @@ def test_cli_renders_candidates_from_gallery_json(tmp_path, capsys):
     record = json.loads((report / "sdxl" / "report.json").read_text())
     assert [(r["name"], r["max_diff"]) for r in record["results"]] == [("euler", 0)]
     assert "catalogue samplers without a golden (not compared): euler_ancestral" in record["notes"][0]
+    assert "dpm_adaptive" not in record["notes"][0]  # the pipelines cannot run it: it never has a golden
     assert (report / "sdxl" / "candidates" / "euler.png").exists()
     image = np.asarray(Image.open(golden / "euler.png")).copy()
     image[:, :8] = 255 - image[:, :8]

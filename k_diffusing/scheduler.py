@@ -42,7 +42,7 @@ from diffusers.utils import BaseOutput
 
 from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas_from_alphas_cumprod
 from .geometry import FLOW, VE, Geometry
-from .registry import SamplerSpec
+from .registry import SamplerSpec, get_sampler
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
 from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, read_schedule, set_up
@@ -244,12 +244,6 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return (scheduler, {}) if return_unused_kwargs else scheduler
 
     def _set_base(self, base, sampler, sigma_schedule, sampler_kwargs, quantize_timesteps, check_finite):
-        if isinstance(sampler, str) and sampler.strip() in UNPLANNABLE or getattr(sampler, "name", None) in UNPLANNABLE:
-            raise ValueError(
-                f"sampler {sampler!r} chooses its number of model calls from the data (adaptive step size), so a "
-                "pipeline cannot be given its timesteps in advance; use it through k_diffusing.sampling, or pick "
-                "a fixed-step sampler (dpm_fast, dpmpp_2m, uni_pc, ...)"
-            )
         if sampler_kwargs is not None and not isinstance(sampler_kwargs, dict):
             raise TypeError(f"sampler_kwargs must be a dict of sampler options, got {type(sampler_kwargs).__name__}")
         self.base = base
@@ -261,6 +255,13 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000")
         self._function, self._spec, self._schedule, self._kwargs = pick_sampler(base, sampler, sigma_schedule,
                                                                                 sampler_kwargs)
+        target = self._spec.function if self._spec is not None else self._function
+        if any(target is get_sampler(name).function for name in UNPLANNABLE):
+            raise ValueError(
+                f"sampler {sampler!r} chooses its number of model calls from the data (adaptive step size), so a "
+                "pipeline cannot be given its timesteps in advance; use it through k_diffusing.sampling, or pick "
+                "a fixed-step sampler (dpm_fast, dpmpp_2m, uni_pc, ...)"
+            )
         config = {k: v for k, v in base.config.items() if not k.startswith("_") and k not in OWN_KEYS}
         base_name = type(base).__name__ if hasattr(diffusers, type(base).__name__) else known_class(base)
         self.register_to_config(**config, base_scheduler=base_name, sampler=sampler, sigma_schedule=sigma_schedule,

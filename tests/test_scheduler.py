@@ -191,9 +191,11 @@ def test_every_sampler_runs_in_flux_and_matches_the_functional_sampler(flux_comp
     assert _rel(out, reference) <= ROUNDOFF
 
 
-def test_dpm_adaptive_is_refused():
-    with pytest.raises(ValueError, match="dpm_adaptive.*number of model calls"):
-        KScheduler.from_config(sdxl_scheduler_config(), sampler="dpm_adaptive")
+@pytest.mark.parametrize("name", ["dpm_adaptive", "DPM adaptive", "function"])
+def test_dpm_adaptive_is_refused(name):
+    sampler = get_sampler("dpm_adaptive").function if name == "function" else name
+    with pytest.raises(ValueError, match="number of model calls from the data"):
+        KScheduler.from_config(sdxl_scheduler_config(), sampler=sampler)
 
 
 # --- parity with the native schedulers -----------------------------------------------------------------------------

@@ -370,6 +370,17 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return DiscreteDenoiser(None, self.base.alphas_cumprod, self.base.config.prediction_type, mode, known)
 
     @property
+    def vp_latents(self) -> bool:
+        """Whether the loop's latents are VP-scaled, ``x / sqrt(sigma^2 + 1)`` (the base's own convention)."""
+        return self._vp
+
+    @property
+    def k_sigmas(self) -> list[float]:
+        """The sampler's schedule of the last ``set_timesteps`` (``num_inference_steps + 1`` values, float64)."""
+        self._require_plan()
+        return list(self._k_sigmas)
+
+    @property
     def init_noise_sigma(self) -> float:
         return getattr(self, "_init_noise_sigma", 1.0)
 

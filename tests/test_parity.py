@@ -64,6 +64,7 @@ def test_broken_formula_is_caught_at_its_first_step(pipes, monkeypatch):
 def test_lcm_last_step_is_caught(pipes, monkeypatch):
     """Negative control for the LCM pair: reading LCMScheduler's schedule as ending at its final_alpha_cumprod
     (sigma_min) instead of 0 leaves noise on the last step, which the harness must pin to that step."""
+    from k_diffusing import scheduler as k_scheduler
     from k_diffusing.pipelines import schedulers
 
     original = schedulers.read_schedule
@@ -74,6 +75,7 @@ def test_lcm_last_step_is_caught(pipes, monkeypatch):
         return own
 
     monkeypatch.setattr(schedulers, "read_schedule", sigma_min_end)
+    monkeypatch.setattr(k_scheduler, "read_schedule", sigma_min_end)  # KScheduler reads its base's schedule
     c = _pipeline_comparison(pipes, PAIRS["sdxl_lcm"])
     assert c.first_divergent == STEPS - 1, c.step_diff
 

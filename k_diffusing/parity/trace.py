@@ -124,14 +124,18 @@ def k_label(scheduler) -> str:
 
 
 def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
-    """The k side: the K pipeline with the pair's scheduler loaded and its default (equivalent) sampler; the
-    callback already gives k units. The parent's loop calls back after every model call: a step ends after each
+    """The k side: the K pipeline with the pair's scheduler loaded and its default (equivalent) sampler; VP latents
+    (the KScheduler keeps them as its base does) are brought to VE units as on the diffusers side. The parent's loop calls back after every model call: a step ends after each
     ``scheduler.order``-th call (the pairs' samplers make the same calls every step) and after the last."""
     k_pipe = type(pipe)(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
     k_pipe.set_progress_bar_config(disable=True)
 
     def record(p, x, i, k):
-        return x if (i + 1) % p.scheduler.order == 0 or i == len(p.scheduler.timesteps) - 1 else None
+        if not ((i + 1) % p.scheduler.order == 0 or i == len(p.scheduler.timesteps) - 1):
+            return None
+        if not p.scheduler.vp_latents:
+            return x
+        return x.double() * math.sqrt(p.scheduler.k_sigmas[k + 1] ** 2 + 1)
 
     def run(opts, generators):
         return _run(k_pipe, k_label(k_pipe.scheduler), opts, generators, record,

@@ -100,7 +100,7 @@ class KPipelineMixin(SavesAsParent):
         finally:
             self.__dict__["scheduler"] = loaded
             if scheduler.num_inference_steps is not None:
-                self.k_sigmas = torch.tensor(scheduler._k_sigmas, dtype=torch.float64)
+                self.k_sigmas = torch.tensor(scheduler.k_sigmas, dtype=torch.float64)
 
     def _check_call(self, call: dict, geometry: Geometry) -> None:
         """The refusals the parent would make late (after encoding the prompt) or not at all: nonzero ``eta`` (a DDIM

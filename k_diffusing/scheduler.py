@@ -316,20 +316,25 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
         self._bridge = self._timestep_map(known)
         self._plan = self._plan_for(self._k_sigmas)
-        # rel_tol: dpm_fast's first call comes back from its log-sigma grid one ulp off sigma_0
-        if not math.isclose(self._plan.sigmas[0], self._k_sigmas[0], rel_tol=1e-9):
-            raise ValueError(
-                f"{self._sampler_name()} makes its first model call at sigma {self._plan.sigmas[0]:.6g}, not at the "
-                f"schedule's first sigma {self._k_sigmas[0]:.6g}: it adds noise before that call (s_churn > 0 with "
-                f"s_tmin <= {self._k_sigmas[0]:.6g} <= s_tmax), but a pipeline calls the network on its initial "
-                f"latents first. Set sampler_kwargs s_tmax below {self._k_sigmas[0]:.6g} (or s_churn=0)"
-            )
+        self._check_first_call(self._plan, self._k_sigmas[0])
         self._tail_checked = {0}
         self.timesteps = torch.tensor([self._bridge.host_t(s) for s in self._plan.sigmas], dtype=torch.float32,
                                       device=device)
         self.sigmas = torch.tensor(self._plan.sigmas + (self._k_sigmas[-1],), dtype=torch.float32)
         self.num_inference_steps = len(self._k_sigmas) - 1
         self.order = self._plan.order
+
+    def _check_first_call(self, plan: CallPlan, sigma_0: float) -> None:
+        """Refuse a run whose first model call is not at its first sigma: the sampler adds noise before that call
+        (churn), but a pipeline calls the network on its initial latents first. (rel_tol: dpm_fast's first call
+        comes back from its log-sigma grid one ulp off sigma_0.)"""
+        if not math.isclose(plan.sigmas[0], sigma_0, rel_tol=1e-9):
+            raise ValueError(
+                f"{self._sampler_name()} makes its first model call at sigma {plan.sigmas[0]:.6g}, not at the "
+                f"schedule's first sigma {sigma_0:.6g}: it adds noise before that call (s_churn > 0 with "
+                f"s_tmin <= {sigma_0:.6g} <= s_tmax), but a pipeline calls the network on its initial "
+                f"latents first. Set sampler_kwargs s_tmax below {sigma_0:.6g} (or s_churn=0)"
+            )
 
     def _plan_for(self, sigmas: list[float]) -> CallPlan:
         """The call plan of the sampler on ``sigmas``, cached per schedule (the sampler and options are fixed)."""
@@ -429,6 +434,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         step = starts.index(index)
         if index not in self._tail_checked:
             tail = self._plan_for(self._k_sigmas[step:])
+            self._check_first_call(tail, self._k_sigmas[step])  # img2img / refiner start with churn
             if tail.sigmas != self._plan.sigmas[index:]:
                 raise ValueError(
                     f"{self._sampler_name()} started at step {step} makes other model calls than the tail of its "

@@ -438,3 +438,14 @@ def test_begin_index_inside_a_step_is_refused():
         scheduler.set_begin_index(3)
     scheduler.set_begin_index(2)
     assert scheduler.begin_index == 2
+
+
+def test_churn_before_the_first_call_is_refused_also_mid_schedule():
+    """s_churn noises the state before a step's first call, which no pipeline loop can serve at its start."""
+    config = sdxl_scheduler_config()
+    with pytest.raises(ValueError, match="adds noise before that call"):
+        KScheduler.from_config(config, sampler="euler", sampler_kwargs={"s_churn": 1.0}).set_timesteps(6)
+    scheduler = KScheduler.from_config(config, sampler="euler", sampler_kwargs={"s_churn": 1.0, "s_tmax": 5.0})
+    scheduler.set_timesteps(6)  # no churn above sigma 5: the txt2img start is fine
+    with pytest.raises(ValueError, match="adds noise before that call|other model calls"):
+        scheduler.set_begin_index(3)  # sigma_3 < 5: churn at the img2img start

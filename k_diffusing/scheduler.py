@@ -317,7 +317,6 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._bridge = self._timestep_map(known)
         self._plan = self._plan_for(self._k_sigmas)
         self._check_first_call(self._plan, self._k_sigmas[0])
-        self._tail_checked = {0}
         self.timesteps = torch.tensor([self._bridge.host_t(s) for s in self._plan.sigmas], dtype=torch.float32,
                                       device=device)
         self.sigmas = torch.tensor(self._plan.sigmas + (self._k_sigmas[-1],), dtype=torch.float32)
@@ -423,7 +422,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("KScheduler.set_timesteps must be called before sampling")
 
     def _begin_step(self, index: int) -> int:
-        """The sampler step whose first call is ``index``; the tail plan is checked once per index."""
+        """The sampler step whose first call is ``index``, checked against the (cached) plan of the run from there."""
         self._require_plan()
         starts = self._plan.step_starts
         if index not in starts:
@@ -432,15 +431,13 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 f"at calls {list(starts)}); this sampler cannot start mid-schedule here"
             )
         step = starts.index(index)
-        if index not in self._tail_checked:
-            tail = self._plan_for(self._k_sigmas[step:])
-            self._check_first_call(tail, self._k_sigmas[step])  # img2img / refiner start with churn
-            if tail.sigmas != self._plan.sigmas[index:]:
-                raise ValueError(
-                    f"{self._sampler_name()} started at step {step} makes other model calls than the tail of its "
-                    "full run, so it cannot start mid-schedule (img2img strength, denoising_start)"
-                )
-            self._tail_checked.add(index)
+        tail = self._plan_for(self._k_sigmas[step:])
+        self._check_first_call(tail, self._k_sigmas[step])  # img2img / refiner start with churn
+        if tail.sigmas != self._plan.sigmas[index:]:
+            raise ValueError(
+                f"{self._sampler_name()} started at step {step} makes other model calls than the tail of its "
+                "full run, so it cannot start mid-schedule (img2img strength, denoising_start)"
+            )
         return step
 
     def _sampler_name(self) -> str:
@@ -545,11 +542,11 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError(f"step called {index + 1} times; this run has {len(self._plan.sigmas)} model calls")
         if self._greenlet is None:
             call = self._start(sample, generator)
+            self._check_call(call, index)  # later calls are checked as they arrive, below
         else:
             call = self._pending
             if not (sample is self._handed and _version(sample) == self._handed_version):
                 call.x.copy_(self._to_state(sample, call.sigma))
-        self._check_call(call, index)
         denoised = self._denoised(call.x, call.sigma, model_output)
         result = self._resume(denoised)
         self._step_index = index + 1

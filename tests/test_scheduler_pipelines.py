@@ -6,11 +6,11 @@ Parity: ``KScheduler.from_scheduler(native)`` (``sampler=None``) reproduces the 
 exact pairs EulerDiscrete, EulerAncestralDiscrete (the same generator; only where the pipeline passes it to
 ``step``), HeunDiscrete, DPMSolverMultistep, UniPCMultistep (discrete models) and FlowMatchEuler (flow models; Wan:
 its UniPC in flow mode). With the pipeline in float64, max |diff| <= 1e-6 relative to the largest latent (measured
-<= 3.7e-7; diffusers keeps float32 sigma tables). In float32 the pairs whose arithmetic differs from ours (DPM-Solver and UniPC keep VP latents; Euler
-ancestral draws its noise in another order of operations) differ by float32 rounding: measured <= 2.9e-6 relative
-(1.2e-5 absolute at max |latent| 4.2, SDXL inpainting); Euler, Heun and FlowMatchEuler <= 3.9e-7. Float64 shrinking
-the difference 10-20x is what shows it is rounding, not a wrong formula (a wrong one stays put). Then a few samplers of each kind run in every
-pipeline to finite latents with one ``step`` per remaining timestep.
+<= 3.7e-7; diffusers keeps float32 sigma tables). In float32 the pairs whose arithmetic differs from ours
+(DPM-Solver and UniPC in VP units, Euler ancestral's noise) differ by float32 rounding: measured <= 2.8e-6 relative
+(SD 1.5 v); Euler, Heun and FlowMatchEuler <= 3.9e-7. Float64 shrinking the difference 10-20x is what shows it is
+rounding, not a wrong formula. Per-case maxima: ``python benchmarks/zoo_parity.py``. Then a few samplers of each
+kind run in every pipeline to finite latents with one ``step`` per remaining timestep.
 
 Single-threaded torch, as tests/test_zoo.py (the tiny models gain nothing from threads on 2 shared cores).
 """

@@ -6,6 +6,7 @@ and scipy; the pipelines import diffusers when first used.
 """
 
 from .geometry import FLOW, VE, FlowMatching, Geometry, VarianceExploding
+from .guidance import CFGDenoiser
 from .registry import SamplerSpec, get_sampler, list_samplers, resolve_sampler
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'k_diffusing' has no attribute {name!r}")
 
 __all__ = [
+    "CFGDenoiser",
     "FLOW",
     *sorted(_PIPELINES),
     "KScheduler",

@@ -32,6 +32,8 @@ class SamplerSpec:
     reference: str
     display_names: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()  # other short names that resolve to this entry (ComfyUI's)
+    needs_uncond: bool = False  # CFG++: the model must offer denoise_with_uncond (k_diffusing.CFGDenoiser)
 
     @property
     def function(self) -> Callable:
@@ -49,8 +51,14 @@ class SamplerSpec:
         return self.function(model, x, sigmas, **{**self.defaults, **kwargs})
 
 
-def _spec(name, target, order, calls, stochastic, reference, display=(), **defaults) -> SamplerSpec:
-    return SamplerSpec(name, target, order, calls, stochastic, reference, tuple(display), defaults)
+def _spec(name, target, order, calls, stochastic, reference, display=(), aliases=(), **defaults) -> SamplerSpec:
+    return SamplerSpec(name, target, order, calls, stochastic, reference, tuple(display), defaults, tuple(aliases))
+
+
+def _cfg_pp(base: str, order: int, calls: int, stochastic: bool, note: str = "") -> SamplerSpec:
+    """The CFG++ variant of ``base`` (``samplers/cfg_pp.py``): ComfyUI's name ``<base>_cfg_pp``."""
+    return SamplerSpec(f"{base}_cfg_pp", f"cfg_pp:sample_{base}_cfg_pp", order, calls, stochastic,
+                       f"Chung et al. 2024, arXiv 2406.08070 (CFG++) on {base}{note}", needs_uncond=True)
 
 
 KARRAS = "Karras et al. 2022, arXiv 2206.00364, Alg. 2"
@@ -58,7 +66,7 @@ DPMSOLVER = "Lu et al. 2022, arXiv 2206.00927"
 DPMPP = "Lu et al. 2022b, arXiv 2211.01095"
 
 _SPECS = [
-    _spec("euler", "euler:sample_euler", 1, 1, False, KARRAS, ["Euler"]),
+    _spec("euler", "euler:sample_euler", 1, 1, False, KARRAS, ["Euler"], aliases=["ddim"]),
     _spec("euler_ancestral", "euler:sample_euler_ancestral", 1, 1, True, "Ho et al. 2020, arXiv 2006.11239",
           ["Euler a"]),
     _spec("heun", "euler:sample_heun", 2, 2, False, KARRAS, ["Heun"]),
@@ -73,12 +81,15 @@ _SPECS = [
           ["DPM adaptive"]),
     _spec("dpmpp_2s_ancestral", "dpmpp:sample_dpmpp_2s_ancestral", 2, 2, True, f"{DPMPP}, Alg. 1 (2S)",
           ["DPM++ 2S a"]),
-    _spec("dpmpp_sde", "dpmpp:sample_dpmpp_sde", 2, 2, True, f"{DPMPP} (SDE variant)", ["DPM++ SDE"]),
+    _spec("dpmpp_sde", "dpmpp:sample_dpmpp_sde", 2, 2, True, f"{DPMPP} (SDE variant)", ["DPM++ SDE"],
+          aliases=["dpmpp_sde_gpu"]),
     _spec("dpmpp_2m", "dpmpp:sample_dpmpp_2m", 2, 1, False, f"{DPMPP}, Alg. 2 (2M)", ["DPM++ 2M"]),
-    _spec("dpmpp_2m_sde", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE)", ["DPM++ 2M SDE"]),
+    _spec("dpmpp_2m_sde", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE)", ["DPM++ 2M SDE"],
+          aliases=["dpmpp_2m_sde_gpu"]),
     _spec("dpmpp_2m_sde_heun", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE, Heun correction)",
-          ["DPM++ 2M SDE Heun"], solver_type="heun"),
-    _spec("dpmpp_3m_sde", "dpmpp:sample_dpmpp_3m_sde", 2, 1, True, f"{DPMPP} (3M SDE)", ["DPM++ 3M SDE"]),
+          ["DPM++ 2M SDE Heun"], aliases=["dpmpp_2m_sde_heun_gpu"], solver_type="heun"),
+    _spec("dpmpp_3m_sde", "dpmpp:sample_dpmpp_3m_sde", 2, 1, True, f"{DPMPP} (3M SDE)", ["DPM++ 3M SDE"],
+          aliases=["dpmpp_3m_sde_gpu"]),
     _spec("ddpm", "ddpm:sample_ddpm", None, 1, True, "Ho et al. 2020, arXiv 2006.11239, Alg. 2", ["DDPM"]),
     _spec("lcm", "ddpm:sample_lcm", None, 1, True, "Luo et al. 2023, arXiv 2310.04378", ["LCM"]),
     _spec("ipndm", "multistep:sample_ipndm", 2, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM)"),
@@ -101,9 +112,19 @@ _SPECS = [
     _spec("exp_heun_2_x0_sde", "exponential:sample_exp_heun_2_x0_sde", 2, 2, True,
           "exponential Heun, SDE, Gonzalez et al. 2023, arXiv 2305.14267"),
     _spec("restart", "restart:sample_restart", 2, 2, True, "Xu et al. 2023, arXiv 2306.14878", ["Restart"]),
+    _cfg_pp("euler", 1, 1, False),
+    _cfg_pp("euler_ancestral", 1, 1, True),
+    _cfg_pp("dpmpp_2s_ancestral", 2, 2, True, " (the authors' 2S form)"),
+    _cfg_pp("dpmpp_2m", 2, 1, False),
+    _cfg_pp("res_multistep", 2, 1, False),
+    _cfg_pp("res_multistep_ancestral", 2, 1, True),
+    _cfg_pp("gradient_estimation", 1, 1, False),
 ]
 
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
+# ComfyUI's other names: "ddim" runs euler there; the *_gpu SDE samplers differ only in building the Brownian tree on
+# the accelerator instead of the CPU (same values on a CPU run).
+ALIASES: dict[str, SamplerSpec] = {alias: s for s in _SPECS for alias in s.aliases}
 
 # A1111's "Schedule type" names, as it displays them (lower-cased, they are also the suffixes of its older combined
 # names such as "DPM++ 2M Karras"); the first name of a schedule is the one written into PNG parameters.
@@ -139,13 +160,15 @@ def resolve_sampler(name: str) -> ResolvedSampler:
     key = name.strip()
     if key in SAMPLERS:
         return ResolvedSampler(SAMPLERS[key], None)
+    if key in ALIASES:
+        return ResolvedSampler(ALIASES[key], None)
     lowered = " ".join(key.lower().split())
     if lowered in _DISPLAY:
         return ResolvedSampler(_DISPLAY[lowered], None)
     for suffix, schedule in A1111_SCHEDULES.items():
         if lowered.endswith(" " + suffix) and lowered[: -len(suffix) - 1] in _DISPLAY:
             return ResolvedSampler(_DISPLAY[lowered[: -len(suffix) - 1]], schedule)
-    names = list(SAMPLERS) + [d for s in _SPECS for d in s.display_names]
+    names = list(SAMPLERS) + list(ALIASES) + [d for s in _SPECS for d in s.display_names]
     raise unknown_name("sampler", key, names)
 
 

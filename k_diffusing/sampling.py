@@ -13,6 +13,15 @@ Not carried over: ``log_likelihood`` (needs torchdiffeq and is not a sampler) an
 
 from .noise import BatchedBrownianTree, BrownianTreeNoiseSampler, default_noise_sampler
 from .samplers.base import to_d
+from .samplers.cfg_pp import (
+    sample_dpmpp_2m_cfg_pp,
+    sample_dpmpp_2s_ancestral_cfg_pp,
+    sample_euler_ancestral_cfg_pp,
+    sample_euler_cfg_pp,
+    sample_gradient_estimation_cfg_pp,
+    sample_res_multistep_ancestral_cfg_pp,
+    sample_res_multistep_cfg_pp,
+)
 from .samplers.ddpm import sample_ddpm, sample_lcm
 from .samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from .samplers.dpmpp import (
@@ -76,16 +85,21 @@ __all__ = [
     "sample_dpm_adaptive",
     "sample_dpm_fast",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_cfg_pp",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_2s_ancestral_cfg_pp",
     "sample_dpmpp_3m_sde",
     "sample_dpmpp_sde",
     "sample_er_sde",
     "sample_euler",
     "sample_euler_ancestral",
+    "sample_euler_ancestral_cfg_pp",
+    "sample_euler_cfg_pp",
     "sample_exp_heun_2_x0",
     "sample_exp_heun_2_x0_sde",
     "sample_gradient_estimation",
+    "sample_gradient_estimation_cfg_pp",
     "sample_heun",
     "sample_heunpp2",
     "sample_ipndm",
@@ -94,6 +108,8 @@ __all__ = [
     "sample_lms",
     "sample_res_multistep",
     "sample_res_multistep_ancestral",
+    "sample_res_multistep_ancestral_cfg_pp",
+    "sample_res_multistep_cfg_pp",
     "sample_restart",
     "sample_sa_solver",
     "sample_sa_solver_pece",

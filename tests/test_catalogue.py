@@ -8,6 +8,7 @@ import torch
 
 from k_diffusing import FLOW, VE, get_sampler, list_samplers, resolve_sampler
 from k_diffusing.testing.analytic import gaussian
+from k_diffusing.testing.measure import runnable
 from k_diffusing.testing.convergence import initial_noise, log_uniform_sigmas
 
 SPECS = list_samplers()
@@ -83,14 +84,18 @@ def test_batch_invariance(spec, geometry):
     model = gaussian(geometry=geometry)
     sigmas = schedule(geometry)
     x = initial_noise(model, float(sigmas[0]), (3, 2, 8), torch.Generator().manual_seed(7)).float()
-    batch = spec(model, x, sigmas, disable=True, generator=[torch.Generator().manual_seed(100 + i) for i in range(3)])
+    batch = runnable(spec)(model, x, sigmas, disable=True,
+                           generator=[torch.Generator().manual_seed(100 + i) for i in range(3)])
     assert torch.isfinite(batch).all()
     for i in range(3):
-        alone = spec(model, x[i : i + 1], sigmas, disable=True, generator=torch.Generator().manual_seed(100 + i))
-        listed = spec(model, x[i : i + 1], sigmas, disable=True, generator=[torch.Generator().manual_seed(100 + i)])
+        alone = runnable(spec)(model, x[i : i + 1], sigmas, disable=True,
+                               generator=torch.Generator().manual_seed(100 + i))
+        listed = runnable(spec)(model, x[i : i + 1], sigmas, disable=True,
+                                generator=[torch.Generator().manual_seed(100 + i)])
         torch.testing.assert_close(alone, batch[i : i + 1], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(listed, alone, rtol=0, atol=0)
-    other = spec(model, x, sigmas, disable=True, generator=[torch.Generator().manual_seed(200 + i) for i in range(3)])
+    other = runnable(spec)(model, x, sigmas, disable=True,
+                           generator=[torch.Generator().manual_seed(200 + i) for i in range(3)])
     assert not torch.equal(other, batch), "the generators must drive the noise"
 
 
@@ -121,7 +126,7 @@ def test_no_host_sync_and_finite_from_sigma_max(spec, geometry):
     sigmas = schedule(geometry)
     x = initial_noise(model, float(sigmas[0]), (2, 16), torch.Generator().manual_seed(3)).float()
     kwargs = {"generator": torch.Generator().manual_seed(4)} if spec.stochastic else {}
-    out = spec(model, x.as_subclass(SyncTrap), sigmas, disable=True, **kwargs)
+    out = runnable(spec)(model, x.as_subclass(SyncTrap), sigmas, disable=True, **kwargs)
     out = torch.Tensor(out.as_subclass(torch.Tensor))
     assert torch.isfinite(out).all()
     assert out.shape == x.shape and out.dtype == x.dtype
@@ -144,7 +149,7 @@ def test_half_precision_input_keeps_float32_state(spec):
     sigmas = schedule(VE, 6)
     x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0)).mul(30).half()
     kwargs = {"generator": torch.Generator().manual_seed(1)} if spec.stochastic else {}
-    out = spec(Recorder(), x, sigmas, disable=True, **kwargs)
+    out = runnable(spec)(Recorder(), x, sigmas, disable=True, **kwargs)
     assert out.dtype == torch.float16
     assert seen and all(d == (torch.float32, torch.float32) for d in seen)
 
@@ -156,7 +161,7 @@ def test_callback_once_per_step(spec):
     sigmas = schedule(VE, 8)
     x = torch.randn(1, 8, generator=torch.Generator().manual_seed(0)) * 30
     kwargs = {"generator": torch.Generator().manual_seed(1)} if spec.stochastic else {}
-    spec(gaussian(), x, sigmas, disable=True, callback=events.append, **kwargs)
+    runnable(spec)(gaussian(), x, sigmas, disable=True, callback=events.append, **kwargs)
     assert [e["i"] for e in events] == list(range(len(sigmas) - 1))
     for e in events:
         assert set(e) >= {"x", "i", "sigma", "sigma_hat", "denoised"}

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from k_diffusing import FLOW, VE, list_samplers
 from k_diffusing import schedules as S
 from k_diffusing.testing.analytic import gaussian
+from k_diffusing.testing.measure import runnable
 from k_diffusing.testing.convergence import initial_noise
 
 PROPERTY = settings(derandomize=True, database=None, deadline=None,
@@ -296,20 +297,21 @@ def test_sampler_properties(name, case, data):
     x = initial_noise(model, float(sigmas[0]), (batch, width), torch.Generator().manual_seed(seeds[-1])).to(dtype)
 
     rng_before = torch.get_rng_state()
-    out = spec(model, x, sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[:batch]))
+    out = runnable(spec)(model, x, sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[:batch]))
     assert torch.equal(torch.get_rng_state(), rng_before), "a run with generators must not touch the global RNG"
     assert out.shape == x.shape and out.dtype == dtype
     assert torch.isfinite(out).all(), out
 
-    again = spec(model, x, sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[:batch]))
+    again = runnable(spec)(model, x, sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[:batch]))
     assert torch.equal(again, out), "same inputs and generators must give the same bits"
 
     if name in BATCH_COUPLED:
         return
     for i in range(batch):
-        alone = spec(model, x[i : i + 1], sigmas, disable=True, **knobs, **noise_kwargs(spec, seeds[i : i + 1]))
+        alone = runnable(spec)(model, x[i : i + 1], sigmas, disable=True,
+                               **knobs, **noise_kwargs(spec, seeds[i : i + 1]))
         assert torch.equal(alone, out[i : i + 1]), (i, (alone.double() - out[i : i + 1].double()).abs().max())
         if i == 0 and "generator" in spec.options:  # clarifications: a list of one generator is that generator
-            single = spec(model, x[:1], sigmas, disable=True, **knobs,
+            single = runnable(spec)(model, x[:1], sigmas, disable=True, **knobs,
                           generator=torch.Generator().manual_seed(seeds[0]))
             assert torch.equal(single, alone)

@@ -117,12 +117,30 @@ class SamplerRun:
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """``D(x, sigma)`` in the state dtype; ``sigma`` is a Python float broadcast over the batch."""
+        return self._call(self.model, x, sigma).to(x.dtype)
+
+    def denoise_with_uncond(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(D, D_uncond)``: the guided estimate and the unconditional one at the same call, for the CFG++ samplers.
+        The model must offer ``model.denoise_with_uncond(x, sigma, **extra) -> (denoised, uncond_denoised)``, as
+        :class:`k_diffusing.CFGDenoiser` and the pipelines' schedulers do."""
+        pair = getattr(self.model, "denoise_with_uncond", None)
+        if pair is None:
+            raise TypeError(
+                f"this sampler needs the unconditional estimate next to the guided one (CFG++), but the model "
+                f"{type(self.model).__name__} has no denoise_with_uncond method; combine a conditional and an "
+                "unconditional denoiser with k_diffusing.CFGDenoiser(cond, uncond, guidance_scale)"
+            )
+        denoised, uncond = self._call(pair, x, sigma)
+        return denoised.to(x.dtype), uncond.to(x.dtype)
+
+    def _call(self, function, x: torch.Tensor, sigma: float):
+        """One model call: the step-end protocol first, then ``function(x, sigma_batch, **extra_args)``."""
         if self._on_step_end is not None and self._ended < self._step - 1:
             self._end_step(self._step - 1, x)
         sigma_batch = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         self.calls += 1
         extra = {**self.extra_args, "sigma_host": sigma} if self._host_sigma else self.extra_args
-        return self.model(x, sigma_batch, **extra).to(x.dtype)
+        return function(x, sigma_batch, **extra)
 
     def noise(self, sigma: float, sigma_next: float) -> torch.Tensor:
         """Unit Gaussian noise for the step ``sigma -> sigma_next``, shaped like the state."""

@@ -14,11 +14,13 @@ same runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from ..geometry import FLOW, Geometry
-from ..registry import SamplerSpec
+from ..guidance import CFGDenoiser
+from ..registry import SamplerSpec, list_samplers
 from .analytic import bimodal, gaussian
 from .convergence import empirical_order, log_uniform_sigmas, sample_moments
 
@@ -84,12 +86,26 @@ MEASURES: dict[str, Measure] = {
 }
 
 
+# The CFG++ samplers (``<base>_cfg_pp``) are measured like their base, with the unconditional estimate equal to the
+# conditional one (CFGDenoiser(D, D, 1)), where each equals its base: one analytic denoiser has no unconditional
+# counterpart. tests/test_cfg_pp.py checks their guided updates against the paper's formulas.
+MEASURES.update({spec.name: MEASURES[spec.name.removesuffix("_cfg_pp")] for spec in list_samplers()
+                 if spec.needs_uncond})
+
+
+def runnable(spec: SamplerSpec) -> Callable:
+    """``spec`` as a sampler of one denoiser: CFG++ samplers get it as both branches."""
+    if not spec.needs_uncond:
+        return spec
+    return lambda model, x, sigmas, **kwargs: spec(CFGDenoiser(model, model, 1.0), x, sigmas, **kwargs)
+
+
 def measure_order(spec: SamplerSpec, geometry: Geometry) -> tuple[float, list[float]] | None:
     """``(slope, errors)`` of the spec's deterministic part on bimodal data in ``geometry``; None if not measured."""
     m = MEASURES[spec.name]
     if m.ns is None:
         return None
-    return empirical_order(spec, bimodal(geometry), ns=m.ns, **m.ode_kwargs)
+    return empirical_order(runnable(spec), bimodal(geometry), ns=m.ns, **m.ode_kwargs)
 
 
 def moment_sigmas(geometry: Geometry, n: int) -> torch.Tensor:
@@ -104,7 +120,7 @@ def measure_moments(spec: SamplerSpec, geometry: Geometry) -> tuple[float, float
     """``(mean error, relative std error)`` of the spec at its defaults against the Gaussian data's."""
     model = gaussian(geometry=geometry)
     sigmas = moment_sigmas(geometry, MEASURES[spec.name].moment_steps)
-    mean, std = sample_moments(spec, model, sigmas, shape=MOMENT_SHAPE)
+    mean, std = sample_moments(runnable(spec), model, sigmas, shape=MOMENT_SHAPE)
     return mean - model.data_mean, std / model.data_std - 1.0
 
 

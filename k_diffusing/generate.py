@@ -349,8 +349,14 @@ def _has_accelerator() -> bool:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m k_diffusing generate", description=__doc__.splitlines()[0],
                                 epilog="Per-job values in the job file override these options.")
-    p.add_argument("jobs", type=Path, help=".txt (one prompt per line) or .jsonl (one job object per line)")
+    p.add_argument("jobs", type=Path, nargs="?",
+                   help=".txt (one prompt per line) or .jsonl (one job object per line); or give --from-png")
     p.add_argument("--out", type=Path, required=True, help="output folder (created; rerun into it to resume)")
+    p.add_argument("--from-png", type=Path, nargs="+", metavar="PNG",
+                   help="instead of a job file: reproduce images from their metadata (A1111/Forge, ComfyUI or our "
+                        "own PNGs; a folder: its *.png files, sorted); see k_diffusing.pnginfo")
+    p.add_argument("--best-effort", action="store_true",
+                   help="with --from-png: also render files with settings that cannot be honoured (reported)")
     p.add_argument("--kind", choices=KINDS, default="sdxl", help="the pipeline family (default: sdxl)")
     p.add_argument("--model", default=None,
                    help="diffusers folder or hub id (default: embedded:<kind>, the embedded tiny model)")
@@ -376,8 +382,21 @@ def main(argv=None) -> int:
     defaults = {"negative_prompt": args.negative_prompt, "seed": args.seed, "sampler": args.sampler,
                 "schedule": args.schedule, "steps": args.steps, "width": args.width, "height": args.height,
                 "guidance_scale": args.guidance_scale}
+    from_png = None  # --from-png: its jobs and per-file outcome (k_diffusing.pnginfo)
     try:
-        jobs = read_jobs(args.jobs, {k: v for k, v in defaults.items() if v is not None}, model_label(model))
+        if args.from_png is not None:
+            from .pnginfo import check_from_png_options, from_png_jobs
+
+            check_from_png_options(args, defaults)
+            from_png = from_png_jobs(args.from_png, args.kind, model_label(model), args.best_effort)
+            if not from_png.jobs:
+                raise JobError("none of the --from-png files can be rendered (see above); nothing was written")
+            jobs = from_png.jobs
+        else:
+            if args.jobs is None or args.best_effort:
+                raise JobError("give a job file (or --from-png FILE|DIR ...)" if args.jobs is None else
+                               "--best-effort applies to --from-png only")
+            jobs = read_jobs(args.jobs, {k: v for k, v in defaults.items() if v is not None}, model_label(model))
     except JobError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -403,6 +422,8 @@ def main(argv=None) -> int:
                                       position=state.process_index) as progress:
         records = run_jobs(pipe, args.kind, jobs, args.out, state.process_index, state.num_processes, progress)
     records = gather_object(records)
+    if from_png is not None:
+        records = from_png.annotate(records)
     failed = [r for r in records if r["status"] == "failed"]
     if state.is_main_process:
         from .gallery import save_atomic
@@ -413,8 +434,10 @@ def main(argv=None) -> int:
               f"{counts['failed']} failed; manifest: {args.out / MANIFEST}", file=sys.stderr)
         for record in failed:
             print(f"job {record['index']} failed: {record['error']}", file=sys.stderr)
+        if from_png is not None and from_png.refused:
+            print(f"{from_png.refused} --from-png file(s) or argument(s) refused (see above)", file=sys.stderr)
     state.wait_for_everyone()
-    return 1 if failed else 0
+    return 2 if from_png is not None and from_png.refused else 1 if failed else 0
 
 
 if __name__ == "__main__":

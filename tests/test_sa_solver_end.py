@@ -31,9 +31,11 @@ def schedule(geometry, n=N):
 def trace(sampler, model, x, sigmas, **kwargs):
     """Every callback's (x, denoised), cloned."""
     seen = []
-    out = sampler(model, x, sigmas, disable=True, callback=lambda d: seen.append((d["x"].clone(), d["denoised"].clone())),
-                  **kwargs)
-    return out, seen
+
+    def record(d):
+        seen.append((d["x"].clone(), d["denoised"].clone()))
+
+    return sampler(model, x, sigmas, disable=True, callback=record, **kwargs), seen
 
 
 class LinearInLambda:

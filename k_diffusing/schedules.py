@@ -31,12 +31,17 @@ ddim_uniform        get_sigmas_ddim_uniform      required        not taken    n 
 beta                get_sigmas_beta              required        not taken    <= n + 1 (c)  Lee 2024
 turbo               get_sigmas_turbo             required        not taken    n + 1, n<=10  Sauer 2023 / ComfyUI
 align_your_steps    get_sigmas_align_your_steps  checked (d)     not taken    n + 1         Sabour 2024
+gits                get_sigmas_gits              checked (d)     not taken    n + 1 (e)     Chen 2024 / ComfyUI
+optimal_steps       get_sigmas_optimal_steps     checked (f)     not taken    n + 1 (e)     Pei 2025 / ComfyUI
+ltxv                get_sigmas_ltxv              checked (f)     not taken    n + 1         Lightricks / ComfyUI
 ==================  ===========================  ==============  ===========  ============  =========================
 
 (a) values repeated by the clamp to ``[sigma_min, sigma_max]`` are dropped (ComfyUI keeps them as zero-length
-steps, and returns no final 0). (b) ComfyUI returns more than ``n + 1`` when ``n`` does not divide the table length;
-ours always has ``n + 1`` and equals diffusers' 'leading' spacing. (c) timesteps that round to the same integer
-are dropped, as in ComfyUI. (d) the table, when given, only guards against using a VE table on a flow model.
+steps, and returns no final 0). (b) ComfyUI returns more than ``n + 1`` when ``n c < N - 1``, ``c = N // n``
+(``comfyui=True`` reproduces it); by default always ``n + 1``, equal to diffusers' 'leading' spacing. (c) timesteps
+that round to the same integer are dropped, as in ComfyUI. (d) published tables for VE models: the table, when
+given, only guards against using them on a flow model. (e) ``n >= 2`` (gits) and ``n >= 3`` (optimal_steps), the
+minimums of ComfyUI's nodes. (f) flow schedules: a VE table (largest sigma > 1) raises.
 "sigma range: not taken" means passing ``sigma_min`` / ``sigma_max`` raises a ValueError rather than being ignored.
 
 Flow models (``sigma`` in ``[0, 1]``, ``sigma_max = 1``). By default (``geometry=None``) the range formulas act on
@@ -82,11 +87,14 @@ __all__ = [
     "get_sigmas_beta",
     "get_sigmas_ddim_uniform",
     "get_sigmas_exponential",
+    "get_sigmas_gits",
     "get_sigmas_karras",
     "get_sigmas_kl_optimal",
     "get_sigmas_laplace",
     "get_sigmas_linear_quadratic",
+    "get_sigmas_ltxv",
     "get_sigmas_normal",
+    "get_sigmas_optimal_steps",
     "get_sigmas_polyexponential",
     "get_sigmas_sgm_uniform",
     "get_sigmas_simple",
@@ -98,13 +106,34 @@ __all__ = [
 ]
 
 # Align Your Steps: the 10-step schedules published by the authors (Sabour et al. 2024, arXiv 2404.14507; NVIDIA's
-# quick-start page research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html), 11 sigmas each. No table has been
-# published for flow models (FLUX, SD3).
+# quick-start page research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html), 11 noise levels each, and for the
+# discrete models the same schedules as training-timestep indices. The page also lists DeepFloyd-IF stage 1 (not a
+# model this package runs); no table has been published for flow models (FLUX, SD3).
 AYS_SIGMAS = {
     "sd1": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
     "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
     "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
 }
+AYS_TIMESTEPS = {
+    "sd1": (999, 850, 736, 645, 545, 455, 343, 233, 124, 24, 0),
+    "sdxl": (999, 845, 730, 587, 443, 310, 193, 116, 53, 13, 0),
+}
+AYS_ALIASES = {"sd15": "sd1", "sd1.5": "sd1"}
+
+# Optimal Stepsize (Pei et al. 2025, arXiv 2503.21774): the authors' searched flow-sigma schedules as contributed to
+# ComfyUI's OptimalStepsScheduler (ComfyUI pull request 7584 by the first author: FLUX, 10 steps; Wan 2.1, 20 steps,
+# for shift 8). Chroma (40 steps) was added to that node later; its origin is not documented there.
+OPTIMAL_STEPS_SIGMAS = {
+    "flux": (0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808, 0.001),
+    "wan": (1.0, 0.997, 0.995, 0.993, 0.991, 0.989, 0.987, 0.985, 0.98, 0.975, 0.973, 0.968, 0.96, 0.946, 0.927,
+            0.902, 0.864, 0.776, 0.539, 0.208, 0.001),
+    "chroma": (0.992, 0.99, 0.988, 0.985, 0.982, 0.978, 0.973, 0.968, 0.961, 0.953, 0.943, 0.931, 0.917, 0.9, 0.881,
+               0.858, 0.832, 0.802, 0.769, 0.731, 0.69, 0.646, 0.599, 0.55, 0.501, 0.451, 0.402, 0.355, 0.311, 0.27,
+               0.232, 0.199, 0.169, 0.143, 0.12, 0.101, 0.084, 0.07, 0.058, 0.048, 0.001),
+}
+OPTIMAL_STEPS_MIN = 3  # ComfyUI's OptimalStepsScheduler takes steps >= 3
+GITS_MIN_STEPS, GITS_MAX_TABLE_STEPS = 2, 20  # the published GITS tables cover 2 .. 20 steps
+LTXV_TOKENS = (1024, 4096)  # LTXV's shift is base_shift at 1024 latent tokens and max_shift at 4096, linear between
 
 LAPLACE_EPSILON = 1e-5  # keeps log(1 - 2|1/2 - x|) finite at x = 0 and x = 1 (ComfyUI's value)
 TURBO_STEPS = 10  # the SDTurbo timesteps: 10 evenly spaced trailing timesteps (999, 899, ..., 99 on 1000)
@@ -226,6 +255,11 @@ def discrete_sigma_table(betas) -> torch.Tensor:
         raise ValueError("betas must lie in (0, 1]")
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def _sd_sigma_table() -> torch.Tensor:
+    """SD 1.x / SDXL's table: "scaled_linear" betas ``linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2``."""
+    return discrete_sigma_table(torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2)
 
 
 def flow_sigma_table(shift: float = 1.0, num_train_timesteps: int = 1000) -> torch.Tensor:
@@ -491,19 +525,30 @@ def get_sigmas_simple(n, sigma_table) -> torch.Tensor:
     return _finish(table[size - 1 - (k * size) // n])
 
 
-def get_sigmas_ddim_uniform(n, sigma_table) -> torch.Tensor:
+def get_sigmas_ddim_uniform(n, sigma_table, comfyui=False) -> torch.Tensor:
     """DDIM's uniform timestep skipping, Song et al. 2020 (arXiv 2010.02502), Sec. 4.2: ComfyUI "ddim_uniform".
 
     ``sigma = table[1 + j c]`` for ``j = n - 1 .. 0``, ``c = N // n``, then 0: diffusers' 'leading' spacing with
-    ``steps_offset = 1`` (SD / SDXL). ``n <= N - 1``. When ``n`` does not divide ``N``, ComfyUI keeps stepping by
-    ``c`` up to ``N - 1`` and returns more than ``n`` steps; this returns exactly ``n``.
+    ``steps_offset = 1`` (SD / SDXL). ``n <= N - 1``. Always ``n`` steps.
+
+    ``comfyui=True`` reproduces ComfyUI's count (comfy/samplers.py, ``ddim_scheduler``): it keeps stepping by ``c``
+    up to the end of the table, ``sigma = table[1 + j c]`` for every ``1 + j c <= N - 1``, then 0, which is
+    ``ceil((N - 1) / c)`` steps, more than ``n`` when ``n c < N - 1``; the extra steps are at the top (on SDXL's 1000
+    entries: 31 steps for ``n = 30``, top index 991 where the default's is 958; 8 for 7, 13 for 12, 16 for 15; ``n``
+    for 10, 20, 25). ComfyUI's special case of a table whose second entry is ~0 (``sigma_table[1] <= 1e-5``: one more
+    step and no final 0) is refused rather than reproduced, since every schedule here ends in 0.
     """
     table = _table(sigma_table)
     size = len(table)
     n = _steps(n)
     if n > size - 1:
         raise ValueError(f"ddim_uniform needs n <= len(sigma_table) - 1 = {size - 1}, got n={n}")
-    return _finish(table[1 + np.arange(n - 1, -1, -1) * (size // n)])
+    if not comfyui:
+        return _finish(table[1 + np.arange(n - 1, -1, -1) * (size // n)])
+    if table[1] <= 1e-5:
+        raise ValueError("ddim_uniform with comfyui=True: ComfyUI's rule for sigma_table[1] <= 1e-5 (no final 0) is "
+                         f"not supported, got sigma_table[1]={table[1]:.3g}")
+    return _finish(table[np.arange(1, size, size // n)[::-1]])
 
 
 def get_sigmas_beta(n, sigma_table, alpha=0.6, beta=0.6, space="timestep") -> torch.Tensor:
@@ -547,30 +592,156 @@ def get_sigmas_turbo(n, sigma_table, start=0) -> torch.Tensor:
     return _finish(table[(TURBO_STEPS - k) * (len(table) // TURBO_STEPS) - 1])
 
 
-def get_sigmas_align_your_steps(n, sigma_table=None, model="sdxl") -> torch.Tensor:
+def _loglinear(published, count: int) -> np.ndarray:
+    """``count`` values log-linearly interpolated over the descending ``published`` values: ``log sigma`` linear in
+    the position, ``linspace(0, 1, len)`` -> ``linspace(0, 1, count)`` (the AYS authors' ``loglinear_interp``, also
+    used by ComfyUI's GITS and Optimal Steps nodes)."""
+    published = np.asarray(published, dtype=np.float64)
+    nodes = np.linspace(0.0, 1.0, len(published))
+    return np.exp(np.interp(np.linspace(0.0, 1.0, count), nodes, np.log(published[::-1])))[::-1]
+
+
+def _published(n, values) -> torch.Tensor:
+    """A published ``len(values)``-point schedule for ``n`` steps: the values themselves when ``n + 1`` points are
+    published, else their log-linear interpolation to ``n + 1`` points; the last value is replaced by 0."""
+    values = np.asarray(values, dtype=np.float64)
+    return _finish(values[:-1] if n + 1 == len(values) else _loglinear(values, n + 1)[:-1])
+
+
+def _check_ve_table(name: str, sigma_table, hint: str) -> None:
+    if sigma_table is not None and _table(sigma_table)[-1] <= 1.0:
+        raise ValueError(f"{name} has no published table for flow models (sigma_table ends at <= 1); {hint}")
+
+
+def _check_flow_table(name: str, sigma_table) -> None:
+    if sigma_table is not None and _table(sigma_table)[-1] > 1.0:
+        raise ValueError(f"{name} is a flow-model schedule (sigmas in [0, 1]); sigma_table ends at "
+                         f"{_table(sigma_table)[-1]:.4g} > 1, a VE table")
+
+
+def get_sigmas_align_your_steps(n, sigma_table=None, model="sdxl", source="sigmas") -> torch.Tensor:
     """Align Your Steps, Sabour et al. 2024 (arXiv 2404.14507): the published 10-step schedules, log-linearly
     interpolated.
 
-    ``model``: "sd1" (SD 1.x / 2.x), "sdxl", "svd" (:data:`AYS_SIGMAS`, 11 values each). ``n = 10`` returns the
-    published values with the last (0.029 / 0.002) replaced by 0; otherwise ``log sigma`` is interpolated linearly
-    over ``linspace(0, 1, 11)`` at ``linspace(0, 1, n + 1)`` (the authors' ``loglinear_interp``) and the last value
-    set to 0. No table is published for flow models: a flow ``sigma_table`` (all sigmas <= 1) raises.
+    ``model``: "sd1" (SD 1.x / 2.x; aliases "sd15", "sd1.5"), "sdxl", "svd". ``n = 10`` returns the 11 published
+    values with the last replaced by 0; otherwise ``log sigma`` is interpolated linearly over ``linspace(0, 1, 11)``
+    at ``linspace(0, 1, n + 1)`` (the authors' ``loglinear_interp``) and the last value set to 0. No table is
+    published for flow models: a flow ``sigma_table`` (all sigmas <= 1) raises.
+
+    ``source``: which of the authors' two forms of the schedule (NVIDIA's quick-start page) to use.
+    "sigmas" (default): the published noise levels (:data:`AYS_SIGMAS`, 3 decimals), as A1111 / Forge and diffusers'
+    ``AysSchedules[...Sigmas]``. "timesteps": the published training-timestep indices (:data:`AYS_TIMESTEPS`; sd1
+    and sdxl only) read off the model's table, ``sigma = sigma_table[t]`` (default: the SD / SDXL scaled-linear
+    table), then interpolated the same way: ComfyUI's AlignYourStepsScheduler values (its SD1 / SDXL lists are
+    these sigmas to 10 digits). The two forms are one schedule rounded two ways: each published timestep is within
+    0.57 of the continuous timestep of the published noise level (SD 1.5's 0.399 is t = 124.56, published as 124),
+    and the largest difference in sigma is 1.42 % (SDXL's ninth value, 0.113 against ``sigma(13) = 0.1114``, where
+    sigma changes 4 % per timestep). The noise levels are the default because the samplers here take continuous
+    sigmas, which the integer timesteps only approximate.
     """
     n = _steps(n)
-    if model not in AYS_SIGMAS:
-        raise ValueError(f"unknown Align Your Steps model {model!r}; published tables: {sorted(AYS_SIGMAS)}")
-    if sigma_table is not None and _table(sigma_table)[-1] <= 1.0:
-        raise ValueError(
-            "align_your_steps has no published table for flow models (sigma_table ends at <= 1); "
-            "use e.g. kl_optimal or karras with geometry='flow'"
-        )
-    published = np.array(AYS_SIGMAS[model], dtype=np.float64)
-    if n + 1 == len(published):
-        return _finish(published[:-1])
-    # log-linear interpolation on the ascending order, as the authors' loglinear_interp
-    nodes = np.linspace(0.0, 1.0, len(published))
-    values = np.exp(np.interp(np.linspace(0.0, 1.0, n + 1), nodes, np.log(published[::-1])))[::-1]
-    return _finish(values[:-1])
+    key = AYS_ALIASES.get(model, model)
+    if key not in AYS_SIGMAS:
+        raise ValueError(f"unknown Align Your Steps model {model!r}; published tables: {sorted(AYS_SIGMAS)} "
+                         f"(aliases: {sorted(AYS_ALIASES)})")
+    _check_ve_table("align_your_steps", sigma_table, "use e.g. kl_optimal or karras with geometry='flow'")
+    if source == "sigmas":
+        return _published(n, AYS_SIGMAS[key])
+    if source != "timesteps":
+        raise ValueError(f"source must be 'sigmas' (the published noise levels) or 'timesteps' (the published "
+                         f"timestep indices, ComfyUI's values), got {source!r}")
+    if key not in AYS_TIMESTEPS:
+        raise ValueError(f"Align Your Steps publishes timestep indices only for {sorted(AYS_TIMESTEPS)}, not {key!r}")
+    table = _table(_sd_sigma_table() if sigma_table is None else sigma_table)
+    if len(table) != 1000:
+        raise ValueError(f"source='timesteps' indexes a 1000-timestep table, got a sigma_table of {len(table)}")
+    return _published(n, table[list(AYS_TIMESTEPS[key])])
+
+
+def get_sigmas_gits(n, sigma_table=None, coeff=1.20) -> torch.Tensor:
+    """GITS, Geometry-Inspired Time Scheduling, Chen et al. 2024 (arXiv 2405.11326): the authors' searched schedules
+    for SD 1.5-like models, as ComfyUI's GITSScheduler.
+
+    The authors' tables (:data:`GITS_STEPS`, contributed to ComfyUI as comfy_extras/nodes_gits.py in ComfyUI pull
+    request 3769; repository zju-pi/diff-sampler, gits-main) give for each ``coeff`` in 0.80, 0.85, .., 1.50 and each
+    ``n`` in 2 .. 20 the ``n + 1`` sigmas, all points of the 101-point grid uniform in SD 1.5's timestep the search
+    ran on (``GITS_GRID_SIGMAS[j]`` is the published sigma at grid point ``j``, within 2.7e-5 of this package's
+    ``sigma(999 (1 - j / 100))`` on SD's table). ``coeff`` (default 1.20, as ComfyUI) is the paper's coefficient
+    trading the search's cost between large and small noise levels. ``n <= 20``: the table, last value replaced by 0;
+    ``n > 20``: the 20-step table log-linearly interpolated to ``n + 1`` points (ComfyUI's rule), last set to 0.
+    ``n >= 2`` (ComfyUI's minimum; the tables start at 2 steps). The values are SD 1.5's VE sigmas 14.6146 ..
+    0.0292, also SDXL's range; a flow ``sigma_table`` raises. ComfyUI's ``denoise = d`` keeps the last
+    ``round(n d) + 1`` values of this schedule.
+    """
+    n = _steps(n, GITS_MIN_STEPS)
+    key = round(float(coeff) * 100)
+    if key not in GITS_STEPS or abs(float(coeff) * 100 - key) > 1e-6:
+        raise ValueError(f"coeff must be one of the published {', '.join(f'{c / 100:.2f}' for c in GITS_STEPS)}, "
+                         f"got {coeff!r}")
+    _check_ve_table("gits", sigma_table, "its tables are for SD 1.5-like VE models")
+    rows = GITS_STEPS[key]
+    row = rows[min(n, GITS_MAX_TABLE_STEPS) - GITS_MIN_STEPS]
+    return _published(n, [GITS_GRID_SIGMAS[j] for j in row])
+
+
+def get_sigmas_optimal_steps(n, sigma_table=None, model="flux") -> torch.Tensor:
+    """Optimal Stepsize for Diffusion Sampling, Pei et al. 2025 (arXiv 2503.21774): the authors' searched flow
+    schedules, as ComfyUI's OptimalStepsScheduler.
+
+    ``model``: "flux" (10 steps, searched on FLUX.1-dev), "wan" (Wan 2.1, 20 steps, for its shift 8), "chroma"
+    (40 steps), :data:`OPTIMAL_STEPS_SIGMAS`; ComfyUI's spellings "FLUX", "Wan", "Chroma" are accepted. When ``n``
+    is the table's step count the published flow sigmas are returned with the last (0.001) replaced by 0; otherwise
+    they are log-linearly interpolated to ``n + 1`` points (ComfyUI's rule, the AYS interpolation) and the last set
+    to 0. ``n >= 3`` (ComfyUI's minimum). The schedule ignores the model's resolution shift (FLUX's starts at 0.9968
+    whatever the image size), as in ComfyUI; a VE ``sigma_table`` (largest sigma > 1) raises. ComfyUI's ``denoise =
+    d`` keeps the last ``round(n d) + 1`` values of this schedule.
+    """
+    n = _steps(n, OPTIMAL_STEPS_MIN)
+    key = model.lower() if isinstance(model, str) else model
+    if key not in OPTIMAL_STEPS_SIGMAS:
+        raise ValueError(f"unknown Optimal Steps model {model!r}; published tables: {sorted(OPTIMAL_STEPS_SIGMAS)}")
+    _check_flow_table("optimal_steps", sigma_table)
+    return _published(n, OPTIMAL_STEPS_SIGMAS[key])
+
+
+def get_sigmas_ltxv(n, sigma_table=None, tokens=4096, max_shift=2.05, base_shift=0.95, stretch=True,
+                    terminal=0.1) -> torch.Tensor:
+    """LTX-Video's flow schedule (Lightricks, HaCohen et al. 2024, arXiv 2501.00103), as ComfyUI's LTXVScheduler.
+
+    ``u_k = 1 - k / n``, ``k = 0 .. n - 1``; the token-dependent shift
+    ``s = base_shift + (max_shift - base_shift) (tokens - 1024) / (4096 - 1024)`` (linear in the number of latent
+    tokens through ``(1024, base_shift)`` and ``(4096, max_shift)``); the time shift of FLUX / SD3 with ``mu = s``:
+    ``sigma_k = e^s / (e^s + 1 / u_k - 1)``; then, with ``stretch`` (default), the affine map of ``1 - sigma`` that
+    keeps ``sigma_0 = 1`` and moves the last nonzero sigma to ``terminal``:
+    ``sigma_k <- 1 - (1 - sigma_k) (1 - terminal) / (1 - sigma_{n-1})`` (Lightricks' ``stretch_shift_to_terminal``,
+    diffusers' ``shift_terminal``); then 0. Defaults are ComfyUI's: ``tokens = 4096`` (its value without a latent;
+    with one, the product of the latent's dimensions after batch and channels, ``frames x height x width``),
+    ``max_shift = 2.05``, ``base_shift = 0.95``, ``terminal = 0.1``. Computed in float64 (ComfyUI: float32, ~1e-7).
+    ``n = 1`` gives ``[1, 0]`` (ComfyUI's stretch divides 0 by 0 there). ``terminal`` must lie in ``(0, 1)`` (ComfyUI
+    allows 0, which repeats the final 0: a zero-length step). A VE ``sigma_table`` (largest sigma > 1) raises.
+    """
+    n = _steps(n)
+    tokens = operator.index(tokens)
+    if tokens < 1:
+        raise ValueError(f"tokens must be a positive integer (latent frames x height x width), got {tokens}")
+    max_shift, base_shift = float(max_shift), float(base_shift)
+    if not (math.isfinite(max_shift) and math.isfinite(base_shift)):
+        raise ValueError(f"max_shift and base_shift must be finite, got {max_shift!r}, {base_shift!r}")
+    terminal = float(terminal)
+    if stretch and not 0.0 < terminal < 1.0:
+        raise ValueError(f"terminal must lie in (0, 1) (the last nonzero sigma after stretching), got {terminal!r}")
+    _check_flow_table("ltxv", sigma_table)
+    lo, hi = LTXV_TOKENS
+    shift = base_shift + (max_shift - base_shift) * (tokens - lo) / (hi - lo)
+    u = 1.0 - np.arange(n, dtype=np.float64) / n
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigmas = 1.0 / (1.0 + np.exp(-shift) * (1.0 / u - 1.0))
+    if not (np.isfinite(sigmas).all() and (np.diff(sigmas) < 0).all() and sigmas[-1] > 0):
+        raise ValueError(f"tokens={tokens}, max_shift={max_shift}, base_shift={base_shift} give the shift {shift:.4g}, "
+                         "where the shifted sigmas collapse (repeated or zero values in float64)")
+    if stretch and n > 1:
+        sigmas = 1.0 - (1.0 - sigmas) * (1.0 - terminal) / (1.0 - sigmas[-1])
+    return _finish(sigmas)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -617,6 +788,12 @@ _SPECS = [
     ScheduleSpec("turbo", get_sigmas_turbo, "required", "none", "Sauer et al. 2023, arXiv 2311.17042 (ComfyUI)"),
     ScheduleSpec("align_your_steps", get_sigmas_align_your_steps, "checked", "none",
                  "Sabour et al. 2024, arXiv 2404.14507"),
+    ScheduleSpec("gits", get_sigmas_gits, "checked", "none",
+                 "Chen et al. 2024, arXiv 2405.11326 (ComfyUI GITSScheduler)"),
+    ScheduleSpec("optimal_steps", get_sigmas_optimal_steps, "checked", "none",
+                 "Pei et al. 2025, arXiv 2503.21774 (ComfyUI OptimalStepsScheduler)"),
+    ScheduleSpec("ltxv", get_sigmas_ltxv, "checked", "none",
+                 "Lightricks LTX-Video, arXiv 2501.00103 (ComfyUI LTXVScheduler)"),
 ]
 
 SCHEDULES: dict[str, ScheduleSpec] = {s.name: s for s in _SPECS}
@@ -630,11 +807,12 @@ def list_schedules() -> list[ScheduleSpec]:
 def get_sigmas(name: str, n: int, sigma_table=None, sigma_min=None, sigma_max=None, **options) -> torch.Tensor:
     """``n`` steps of the schedule ``name``: a descending CPU float64 tensor of ``n + 1`` sigmas ending in 0.
 
-    ``laplace`` and ``beta`` may return fewer values (repeats dropped); see the module docstring's table for what each
-    schedule takes. ``sigma_table`` is the model's ascending sigma table; range schedules default to its ends, and
-    explicit ``sigma_min`` / ``sigma_max`` override them. ``options`` are the schedule function's own keywords
-    (``rho``, ``geometry``, ``alpha``, ``model`` ...). Raises ValueError on an unknown name (with the closest valid
-    one), ``n < 1``, a missing table or range, a range passed to a schedule that takes none, or an unknown option.
+    ``laplace`` and ``beta`` may return fewer values (repeats dropped), ``ddim_uniform`` with ``comfyui=True`` more;
+    see the module docstring's table for what each schedule takes. ``sigma_table`` is the model's ascending sigma
+    table; range schedules default to its ends, and explicit ``sigma_min`` / ``sigma_max`` override them. ``options``
+    are the schedule function's own keywords (``rho``, ``geometry``, ``alpha``, ``model``, ``coeff``, ``tokens`` ...).
+    Raises ValueError on an unknown name (with the closest valid one), ``n < 1``, a missing table or range, a range
+    passed to a schedule that takes none, or an unknown option.
     """
     if name not in SCHEDULES:
         raise unknown_name("schedule", name, SCHEDULES)
@@ -672,3 +850,347 @@ def get_sigmas(name: str, n: int, sigma_table=None, sigma_min=None, sigma_max=No
     if spec.table in ("required", "checked"):
         return spec.function(n, sigma_table, **options)
     return spec.function(n, **options)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published tables
+# ---------------------------------------------------------------------------------------------------------------
+
+# GITS (Chen et al. 2024, arXiv 2405.11326): the authors' schedules for SD 1.5, as published in ComfyUI's
+# comfy_extras/nodes_gits.py (ComfyUI pull request 3769, linked from zju-pi/diff-sampler). Every published sigma is a
+# point of the search's 101-point grid, uniform in SD's timestep (t_j = 999 (1 - j / 100)): GITS_GRID_SIGMAS maps
+# grid index j to its published value (8 decimals; 98 of the 101 points occur), GITS_STEPS[100 coeff][n - 2] lists
+# the grid indices of the published n-step schedule, n = 2 .. 20.
+GITS_GRID_SIGMAS = {
+    0: 14.61464119, 1: 13.76078796, 2: 12.96784878, 3: 12.2308979, 4: 11.54541874, 5: 10.90732002, 6: 10.31284904,
+    7: 9.75859547, 8: 9.24142551, 9: 8.75849152, 10: 8.30717278, 11: 7.88507891, 12: 7.49001646, 13: 7.11996698,
+    14: 6.77309084, 15: 6.44769001, 16: 6.14220476, 17: 5.85520077, 18: 5.58536053, 20: 5.09240818, 21: 4.86714602,
+    22: 4.65472794, 23: 4.45427561, 24: 4.26497746, 26: 3.91689563, 27: 3.75677586, 28: 3.60512662, 29: 3.46139455,
+    30: 3.32507086, 31: 3.1956799, 32: 3.07277966, 33: 2.95596409, 34: 2.84484982, 36: 2.6383388, 37: 2.54230714,
+    38: 2.45070267, 39: 2.36326075, 40: 2.27973175, 41: 2.19988537, 42: 2.12350607, 43: 2.05039096, 44: 1.98035145,
+    45: 1.91321158, 46: 1.84880662, 47: 1.78698075, 48: 1.72759056, 49: 1.67050016, 50: 1.61558151, 51: 1.56271636,
+    52: 1.51179266, 53: 1.46270394, 54: 1.41535246, 55: 1.36964464, 56: 1.32549286, 57: 1.28281462, 58: 1.24153244,
+    59: 1.20157266, 60: 1.162866, 61: 1.12534678, 62: 1.08895338, 63: 1.05362725, 64: 1.01931262, 65: 0.98595673,
+    66: 0.95350921, 67: 0.92192322, 68: 0.89115214, 69: 0.86115354, 70: 0.83188516, 71: 0.803307, 72: 0.77538133,
+    73: 0.74807048, 74: 0.72133851, 75: 0.69515091, 76: 0.66947293, 77: 0.64427125, 78: 0.61951244, 79: 0.59516323,
+    80: 0.57119018, 81: 0.54755926, 82: 0.52423614, 83: 0.50118381, 84: 0.4783645, 85: 0.45573691, 86: 0.43325692,
+    87: 0.41087446, 88: 0.38853383, 89: 0.36617002, 90: 0.34370604, 91: 0.32104823, 92: 0.29807833, 93: 0.27464288,
+    94: 0.25053367, 95: 0.22545385, 96: 0.19894916, 97: 0.17026083, 98: 0.13792117, 99: 0.09824532, 100: 0.02916753,
+}
+GITS_STEPS = {
+    80: (
+        (0, 12, 100),
+        (0, 4, 14, 100),
+        (0, 4, 12, 32, 100),
+        (0, 4, 12, 17, 43, 100),
+        (0, 3, 9, 12, 17, 43, 100),
+        (0, 3, 9, 12, 17, 32, 51, 100),
+        (0, 2, 4, 9, 12, 17, 32, 51, 100),
+        (0, 1, 3, 5, 9, 12, 17, 32, 51, 100),
+        (0, 1, 2, 3, 5, 9, 12, 17, 32, 51, 100),
+        (0, 1, 2, 3, 5, 8, 10, 12, 17, 32, 51, 100),
+        (0, 1, 2, 3, 5, 8, 10, 12, 16, 21, 32, 51, 100),
+        (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 21, 32, 51, 100),
+        (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 21, 32, 51, 100),
+        (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 16, 21, 32, 51, 100),
+        (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 16, 21, 31, 44, 69, 100),
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16, 21, 31, 44, 69, 100),
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 17, 22, 32, 46, 70, 100),
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 22, 32, 46, 70, 100),
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 27, 34, 47, 71, 100),
+    ),
+    85: (
+        (0, 12, 100),
+        (0, 12, 46, 100),
+        (0, 4, 14, 51, 100),
+        (0, 4, 13, 32, 58, 100),
+        (0, 4, 12, 20, 34, 66, 100),
+        (0, 3, 9, 12, 20, 34, 66, 100),
+        (0, 3, 9, 12, 18, 31, 46, 71, 100),
+        (0, 2, 4, 9, 12, 18, 31, 46, 71, 100),
+        (0, 2, 4, 9, 12, 16, 22, 32, 46, 71, 100),
+        (0, 1, 3, 5, 9, 12, 16, 22, 32, 46, 71, 100),
+        (0, 1, 3, 5, 8, 10, 12, 16, 22, 32, 46, 71, 100),
+        (0, 1, 2, 3, 5, 8, 10, 12, 16, 22, 32, 46, 71, 100),
+        (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 22, 32, 46, 71, 100),
+        (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 21, 28, 36, 51, 74, 100),
+        (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 17, 22, 29, 38, 51, 74, 100),
+        (0, 1, 2, 3, 4, 6, 8, 9, 10, 12, 14, 17, 22, 29, 38, 51, 74, 100),
+        (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 17, 22, 29, 38, 51, 74, 100),
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 17, 22, 29, 38, 51, 74, 100),
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 22, 29, 38, 51, 74, 100),
+    ),
+    90: (
+        (0, 14, 100),
+        (0, 12, 51, 100),
+        (0, 12, 32, 66, 100),
+        (0, 12, 21, 37, 68, 100),
+        (0, 4, 12, 21, 37, 68, 100),
+        (0, 4, 12, 20, 32, 50, 75, 100),
+        (0, 3, 9, 13, 21, 32, 50, 75, 100),
+        (0, 3, 9, 12, 17, 23, 33, 50, 75, 100),
+        (0, 3, 9, 12, 17, 23, 31, 41, 58, 80, 100),
+        (0, 2, 5, 9, 12, 17, 23, 31, 41, 58, 80, 100),
+        (0, 2, 4, 8, 10, 12, 17, 23, 31, 41, 58, 80, 100),
+        (0, 2, 4, 8, 10, 12, 16, 21, 27, 34, 46, 62, 82, 100),
+        (0, 1, 3, 5, 8, 10, 12, 16, 21, 27, 34, 46, 62, 82, 100),
+        (0, 1, 3, 5, 8, 10, 12, 15, 18, 23, 30, 38, 50, 66, 85, 100),
+        (0, 1, 2, 3, 5, 8, 10, 12, 15, 18, 23, 30, 38, 50, 66, 85, 100),
+        (0, 1, 2, 3, 5, 8, 10, 12, 14, 17, 21, 26, 32, 40, 51, 66, 85, 100),
+        (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 17, 21, 26, 32, 40, 51, 66, 85, 100),
+        (0, 1, 2, 3, 4, 6, 8, 9, 10, 12, 14, 17, 21, 26, 32, 40, 51, 66, 85, 100),
+        (0, 1, 2, 3, 4, 6, 8, 9, 10, 12, 14, 17, 20, 23, 28, 33, 41, 52, 68, 86, 100),
+    ),
+    95: (
+        (0, 14, 100),
+        (0, 14, 51, 100),
+        (0, 12, 34, 68, 100),
+        (0, 12, 21, 39, 71, 100),
+        (0, 12, 21, 33, 51, 77, 100),
+        (0, 4, 12, 21, 33, 51, 77, 100),
+        (0, 4, 12, 21, 32, 45, 62, 83, 100),
+        (0, 4, 12, 17, 23, 32, 45, 62, 83, 100),
+        (0, 3, 9, 12, 17, 23, 32, 45, 62, 83, 100),
+        (0, 3, 9, 12, 17, 23, 31, 41, 54, 71, 88, 100),
+        (0, 3, 9, 12, 17, 22, 29, 36, 46, 58, 74, 90, 100),
+        (0, 2, 5, 9, 12, 17, 22, 29, 36, 46, 58, 74, 90, 100),
+        (0, 2, 5, 9, 12, 16, 21, 27, 33, 41, 51, 63, 77, 91, 100),
+        (0, 2, 5, 9, 12, 15, 18, 22, 28, 33, 41, 51, 63, 77, 91, 100),
+        (0, 2, 4, 8, 10, 12, 15, 18, 22, 28, 33, 41, 51, 63, 77, 91, 100),
+        (0, 2, 4, 8, 10, 12, 15, 18, 22, 27, 32, 38, 47, 58, 70, 83, 95, 100),
+        (0, 2, 4, 8, 10, 12, 14, 17, 20, 23, 28, 33, 39, 48, 58, 70, 83, 95, 100),
+        (0, 1, 3, 5, 8, 10, 12, 14, 17, 20, 23, 28, 33, 39, 48, 58, 70, 83, 95, 100),
+        (0, 1, 3, 5, 8, 10, 12, 14, 17, 20, 23, 27, 32, 38, 45, 53, 63, 74, 86, 96, 100),
+    ),
+    100: (
+        (0, 51, 100),
+        (0, 14, 66, 100),
+        (0, 14, 39, 71, 100),
+        (0, 13, 32, 51, 79, 100),
+        (0, 12, 21, 34, 54, 80, 100),
+        (0, 12, 21, 34, 50, 69, 88, 100),
+        (0, 4, 12, 21, 34, 50, 69, 88, 100),
+        (0, 4, 12, 21, 32, 44, 58, 74, 90, 100),
+        (0, 4, 12, 17, 23, 32, 44, 58, 74, 90, 100),
+        (0, 4, 12, 17, 23, 31, 40, 52, 66, 81, 94, 100),
+        (0, 4, 12, 17, 23, 31, 39, 50, 62, 74, 87, 97, 100),
+        (0, 4, 9, 12, 17, 23, 31, 39, 50, 62, 74, 87, 97, 100),
+        (0, 4, 9, 12, 17, 22, 28, 34, 42, 51, 62, 74, 87, 97, 100),
+        (0, 4, 9, 12, 17, 22, 28, 34, 41, 50, 60, 71, 83, 93, 99, 100),
+        (0, 4, 9, 12, 17, 22, 27, 32, 38, 46, 55, 64, 74, 85, 94, 99, 100),
+        (0, 4, 9, 12, 16, 20, 24, 29, 34, 41, 49, 58, 67, 77, 86, 94, 99, 100),
+        (0, 4, 9, 12, 16, 20, 24, 28, 33, 38, 45, 52, 61, 70, 79, 88, 95, 99, 100),
+        (0, 3, 8, 10, 12, 16, 20, 24, 28, 33, 38, 45, 52, 61, 70, 79, 88, 95, 99, 100),
+        (0, 3, 8, 10, 12, 14, 17, 20, 24, 28, 33, 38, 45, 52, 61, 70, 79, 88, 95, 99, 100),
+    ),
+    105: (
+        (0, 66, 100),
+        (0, 14, 68, 100),
+        (0, 14, 43, 74, 100),
+        (0, 14, 34, 57, 82, 100),
+        (0, 14, 32, 50, 71, 90, 100),
+        (0, 12, 21, 34, 51, 71, 90, 100),
+        (0, 12, 21, 34, 50, 66, 82, 95, 100),
+        (0, 12, 21, 32, 44, 58, 73, 87, 97, 100),
+        (0, 12, 21, 31, 40, 52, 66, 79, 90, 98, 100),
+        (0, 12, 20, 29, 38, 50, 62, 74, 85, 94, 99, 100),
+        (0, 4, 12, 20, 29, 38, 50, 62, 74, 85, 94, 99, 100),
+        (0, 4, 12, 17, 23, 31, 39, 50, 62, 74, 85, 94, 99, 100),
+        (0, 4, 12, 17, 23, 31, 38, 48, 58, 69, 79, 88, 95, 99, 100),
+        (0, 4, 12, 17, 22, 28, 34, 41, 50, 60, 70, 79, 88, 95, 99, 100),
+        (0, 4, 12, 17, 22, 28, 34, 41, 49, 57, 66, 74, 82, 90, 96, 99, 100),
+        (0, 4, 12, 17, 22, 28, 33, 39, 46, 54, 62, 70, 78, 85, 91, 96, 99, 100),
+        (0, 4, 12, 17, 22, 28, 33, 38, 45, 52, 59, 66, 73, 80, 86, 92, 96, 99, 100),
+        (0, 4, 10, 13, 17, 22, 28, 33, 38, 45, 52, 59, 66, 73, 80, 86, 92, 96, 99, 100),
+        (0, 4, 10, 13, 17, 22, 28, 33, 38, 44, 50, 56, 62, 69, 75, 81, 87, 92, 96, 99, 100),
+    ),
+    110: (
+        (0, 68, 100),
+        (0, 39, 74, 100),
+        (0, 17, 50, 80, 100),
+        (0, 14, 38, 62, 85, 100),
+        (0, 14, 33, 51, 71, 90, 100),
+        (0, 14, 32, 50, 68, 84, 96, 100),
+        (0, 14, 32, 46, 62, 77, 90, 98, 100),
+        (0, 12, 21, 34, 50, 66, 81, 93, 99, 100),
+        (0, 12, 21, 33, 45, 58, 71, 84, 94, 99, 100),
+        (0, 12, 21, 32, 43, 54, 66, 77, 87, 95, 99, 100),
+        (0, 12, 21, 31, 40, 50, 61, 71, 81, 89, 95, 99, 100),
+        (0, 12, 21, 30, 38, 48, 58, 68, 77, 85, 91, 96, 99, 100),
+        (0, 12, 20, 28, 34, 43, 52, 62, 71, 79, 86, 92, 96, 99, 100),
+        (0, 12, 20, 28, 34, 42, 50, 58, 66, 74, 81, 87, 92, 96, 99, 100),
+        (0, 12, 17, 23, 31, 38, 46, 54, 62, 70, 77, 83, 89, 94, 97, 99, 100),
+        (0, 12, 17, 23, 31, 38, 45, 52, 59, 66, 73, 79, 85, 90, 94, 97, 99, 100),
+        (0, 12, 17, 23, 29, 34, 41, 48, 55, 62, 69, 75, 81, 86, 90, 94, 97, 99, 100),
+        (0, 4, 12, 17, 23, 29, 34, 41, 48, 55, 62, 69, 75, 81, 86, 90, 94, 97, 99, 100),
+        (0, 4, 12, 17, 23, 29, 34, 41, 48, 55, 62, 68, 74, 79, 84, 88, 92, 95, 97, 99, 100),
+    ),
+    115: (
+        (0, 70, 100),
+        (0, 46, 79, 100),
+        (0, 17, 51, 82, 100),
+        (0, 17, 45, 70, 90, 100),
+        (0, 17, 38, 58, 79, 94, 100),
+        (0, 17, 34, 52, 71, 87, 97, 100),
+        (0, 17, 34, 51, 68, 83, 94, 99, 100),
+        (0, 14, 32, 46, 61, 74, 86, 95, 99, 100),
+        (0, 14, 32, 45, 58, 71, 82, 90, 96, 99, 100),
+        (0, 12, 21, 33, 45, 58, 71, 82, 90, 96, 99, 100),
+        (0, 12, 21, 32, 43, 55, 66, 75, 84, 91, 96, 99, 100),
+        (0, 12, 21, 32, 42, 52, 62, 71, 79, 86, 92, 96, 99, 100),
+        (0, 12, 21, 32, 42, 52, 62, 71, 79, 85, 90, 94, 97, 99, 100),
+        (0, 12, 21, 32, 41, 50, 58, 66, 73, 79, 85, 90, 94, 97, 99, 100),
+        (0, 12, 21, 31, 38, 47, 56, 64, 71, 77, 83, 88, 92, 95, 97, 99, 100),
+        (0, 12, 21, 31, 38, 47, 56, 64, 71, 77, 82, 87, 91, 94, 96, 98, 99, 100),
+        (0, 12, 21, 31, 38, 46, 54, 61, 68, 74, 79, 84, 88, 91, 94, 96, 98, 99, 100),
+        (0, 12, 21, 31, 38, 46, 54, 61, 68, 74, 79, 83, 87, 90, 93, 95, 97, 98, 99, 100),
+        (0, 12, 21, 31, 38, 46, 54, 61, 68, 74, 79, 83, 87, 90, 92, 94, 96, 97, 98, 99, 100),
+    ),
+    120: (
+        (0, 71, 100),
+        (0, 51, 82, 100),
+        (0, 39, 67, 89, 100),
+        (0, 34, 58, 79, 94, 100),
+        (0, 17, 43, 66, 85, 97, 100),
+        (0, 17, 38, 58, 77, 92, 99, 100),
+        (0, 17, 38, 55, 71, 85, 94, 99, 100),
+        (0, 17, 34, 50, 66, 79, 89, 96, 99, 100),
+        (0, 17, 34, 49, 62, 73, 83, 91, 96, 99, 100),
+        (0, 17, 33, 46, 58, 70, 79, 87, 93, 97, 99, 100),
+        (0, 17, 32, 44, 55, 66, 75, 83, 89, 94, 97, 99, 100),
+        (0, 14, 29, 39, 51, 62, 71, 79, 85, 90, 94, 97, 99, 100),
+        (0, 14, 29, 38, 50, 60, 69, 77, 83, 88, 92, 95, 97, 99, 100),
+        (0, 12, 22, 32, 42, 52, 62, 70, 77, 83, 88, 92, 95, 97, 99, 100),
+        (0, 12, 22, 32, 42, 52, 62, 70, 77, 83, 87, 91, 94, 96, 98, 99, 100),
+        (0, 12, 22, 32, 42, 52, 62, 70, 77, 83, 87, 90, 93, 95, 97, 98, 99, 100),
+        (0, 12, 22, 32, 41, 50, 59, 67, 74, 80, 85, 89, 92, 94, 96, 97, 98, 99, 100),
+        (0, 12, 22, 32, 41, 50, 58, 66, 73, 79, 84, 88, 91, 93, 95, 96, 97, 98, 99, 100),
+        (0, 12, 22, 32, 41, 50, 58, 66, 73, 79, 83, 87, 90, 92, 94, 95, 96, 97, 98, 99, 100),
+    ),
+    125: (
+        (0, 74, 100),
+        (0, 51, 83, 100),
+        (0, 43, 71, 91, 100),
+        (0, 39, 66, 86, 97, 100),
+        (0, 34, 58, 79, 93, 99, 100),
+        (0, 32, 52, 71, 86, 95, 99, 100),
+        (0, 17, 39, 58, 74, 87, 95, 99, 100),
+        (0, 17, 38, 55, 70, 82, 90, 96, 99, 100),
+        (0, 17, 34, 50, 65, 77, 86, 93, 97, 99, 100),
+        (0, 17, 34, 49, 62, 73, 82, 89, 94, 97, 99, 100),
+        (0, 17, 34, 48, 60, 71, 79, 85, 90, 94, 97, 99, 100),
+        (0, 17, 33, 46, 58, 69, 77, 84, 89, 93, 96, 98, 99, 100),
+        (0, 17, 33, 46, 57, 67, 75, 82, 87, 91, 94, 96, 98, 99, 100),
+        (0, 17, 33, 45, 56, 66, 74, 81, 86, 90, 93, 95, 97, 98, 99, 100),
+        (0, 17, 33, 45, 56, 66, 74, 80, 85, 89, 92, 94, 96, 97, 98, 99, 100),
+        (0, 17, 33, 45, 56, 66, 73, 79, 84, 88, 91, 93, 95, 96, 97, 98, 99, 100),
+        (0, 17, 32, 43, 54, 63, 71, 78, 83, 87, 90, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 32, 43, 54, 63, 71, 77, 82, 86, 89, 91, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 32, 43, 53, 62, 70, 76, 81, 85, 88, 90, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+    ),
+    130: (
+        (0, 74, 100),
+        (0, 58, 86, 100),
+        (0, 51, 79, 95, 100),
+        (0, 46, 71, 89, 98, 100),
+        (0, 39, 64, 82, 94, 99, 100),
+        (0, 34, 55, 73, 87, 95, 99, 100),
+        (0, 32, 51, 68, 81, 90, 96, 99, 100),
+        (0, 32, 50, 66, 78, 87, 93, 97, 99, 100),
+        (0, 17, 38, 55, 70, 81, 89, 94, 97, 99, 100),
+        (0, 17, 38, 54, 67, 77, 85, 90, 94, 97, 99, 100),
+        (0, 17, 36, 51, 64, 74, 83, 89, 93, 96, 98, 99, 100),
+        (0, 17, 34, 50, 63, 73, 81, 87, 91, 94, 96, 98, 99, 100),
+        (0, 17, 34, 50, 62, 72, 80, 86, 90, 93, 95, 97, 98, 99, 100),
+        (0, 17, 34, 50, 62, 71, 79, 85, 89, 92, 94, 96, 97, 98, 99, 100),
+        (0, 17, 34, 50, 62, 71, 79, 84, 88, 91, 93, 95, 96, 97, 98, 99, 100),
+        (0, 17, 34, 48, 60, 70, 77, 83, 87, 90, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 34, 48, 60, 70, 77, 82, 86, 89, 91, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 34, 47, 58, 67, 74, 80, 85, 88, 90, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 34, 47, 58, 67, 74, 80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+    ),
+    135: (
+        (0, 75, 100),
+        (0, 66, 90, 100),
+        (0, 51, 80, 96, 100),
+        (0, 50, 75, 92, 99, 100),
+        (0, 46, 70, 86, 95, 99, 100),
+        (0, 38, 60, 77, 89, 96, 99, 100),
+        (0, 34, 55, 71, 83, 91, 96, 99, 100),
+        (0, 34, 54, 70, 81, 89, 94, 97, 99, 100),
+        (0, 34, 51, 66, 77, 85, 91, 95, 97, 99, 100),
+        (0, 34, 51, 66, 77, 85, 90, 94, 96, 98, 99, 100),
+        (0, 32, 50, 64, 74, 82, 88, 92, 95, 97, 98, 99, 100),
+        (0, 32, 50, 64, 74, 82, 87, 91, 94, 96, 97, 98, 99, 100),
+        (0, 32, 50, 63, 73, 81, 86, 90, 93, 95, 96, 97, 98, 99, 100),
+        (0, 32, 48, 61, 71, 79, 85, 89, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 32, 48, 61, 71, 79, 84, 88, 91, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 38, 52, 64, 73, 80, 85, 89, 91, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 36, 50, 62, 71, 78, 83, 87, 90, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 36, 50, 62, 71, 77, 82, 86, 89, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 17, 36, 50, 62, 71, 77, 82, 85, 88, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+    ),
+    140: (
+        (0, 79, 100),
+        (0, 66, 90, 100),
+        (0, 62, 86, 98, 100),
+        (0, 51, 77, 93, 99, 100),
+        (0, 50, 71, 86, 95, 99, 100),
+        (0, 43, 66, 81, 90, 96, 99, 100),
+        (0, 38, 58, 74, 86, 93, 97, 99, 100),
+        (0, 38, 58, 73, 83, 90, 94, 97, 99, 100),
+        (0, 38, 57, 71, 82, 89, 93, 96, 98, 99, 100),
+        (0, 38, 57, 71, 81, 88, 92, 95, 97, 98, 99, 100),
+        (0, 34, 54, 69, 79, 86, 91, 94, 96, 97, 98, 99, 100),
+        (0, 34, 52, 66, 77, 85, 90, 93, 95, 96, 97, 98, 99, 100),
+        (0, 34, 52, 66, 77, 84, 89, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 51, 65, 75, 82, 87, 90, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 51, 64, 74, 81, 86, 89, 91, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 50, 63, 73, 80, 85, 88, 90, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 50, 62, 71, 78, 83, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 50, 62, 71, 78, 83, 86, 88, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 50, 62, 71, 77, 82, 85, 87, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+    ),
+    145: (
+        (0, 79, 100),
+        (0, 71, 94, 100),
+        (0, 66, 90, 99, 100),
+        (0, 58, 81, 94, 99, 100),
+        (0, 51, 74, 89, 96, 99, 100),
+        (0, 50, 71, 85, 93, 97, 99, 100),
+        (0, 45, 66, 80, 89, 94, 97, 99, 100),
+        (0, 41, 62, 77, 87, 93, 96, 98, 99, 100),
+        (0, 38, 58, 73, 83, 90, 94, 96, 98, 99, 100),
+        (0, 38, 58, 73, 83, 89, 93, 95, 97, 98, 99, 100),
+        (0, 38, 57, 71, 81, 87, 91, 94, 96, 97, 98, 99, 100),
+        (0, 38, 57, 71, 80, 86, 90, 93, 95, 96, 97, 98, 99, 100),
+        (0, 38, 57, 70, 79, 85, 89, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 38, 57, 70, 79, 85, 89, 91, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 52, 66, 75, 82, 87, 90, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 52, 66, 75, 82, 86, 89, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 51, 65, 74, 81, 85, 88, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 51, 64, 73, 80, 84, 87, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 34, 51, 64, 73, 79, 83, 86, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+    ),
+    150: (
+        (0, 81, 100),
+        (0, 71, 94, 100),
+        (0, 69, 91, 99, 100),
+        (0, 58, 81, 94, 99, 100),
+        (0, 51, 74, 89, 96, 99, 100),
+        (0, 50, 71, 85, 93, 97, 99, 100),
+        (0, 50, 70, 82, 90, 94, 97, 99, 100),
+        (0, 46, 66, 79, 88, 93, 96, 98, 99, 100),
+        (0, 46, 66, 79, 87, 92, 95, 97, 98, 99, 100),
+        (0, 46, 66, 78, 86, 91, 94, 96, 97, 98, 99, 100),
+        (0, 41, 61, 74, 83, 89, 93, 95, 96, 97, 98, 99, 100),
+        (0, 41, 61, 74, 83, 89, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 39, 58, 71, 80, 86, 90, 92, 94, 95, 96, 97, 98, 99, 100),
+        (0, 39, 58, 71, 80, 86, 90, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 39, 58, 71, 79, 85, 89, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 39, 58, 71, 79, 85, 88, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 38, 56, 69, 77, 83, 87, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 38, 55, 67, 75, 81, 85, 87, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+        (0, 38, 54, 66, 74, 80, 84, 86, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100),
+    ),
+}

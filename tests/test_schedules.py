@@ -19,6 +19,10 @@ from scipy.stats import laplace
 from k_diffusing.geometry import FLOW, VE
 from k_diffusing.schedules import (
     AYS_SIGMAS,
+    AYS_TIMESTEPS,
+    GITS_GRID_SIGMAS,
+    GITS_STEPS,
+    OPTIMAL_STEPS_SIGMAS,
     SCHEDULES,
     append_zero,
     discrete_sigma_table,
@@ -28,11 +32,14 @@ from k_diffusing.schedules import (
     get_sigmas_beta,
     get_sigmas_ddim_uniform,
     get_sigmas_exponential,
+    get_sigmas_gits,
     get_sigmas_karras,
     get_sigmas_kl_optimal,
     get_sigmas_laplace,
     get_sigmas_linear_quadratic,
+    get_sigmas_ltxv,
     get_sigmas_normal,
+    get_sigmas_optimal_steps,
     get_sigmas_polyexponential,
     get_sigmas_sgm_uniform,
     get_sigmas_simple,
@@ -50,6 +57,8 @@ RANGES = [(float(SDXL[0]), float(SDXL[-1])), (0.002, 80.0), (0.003, 1.0)]
 RANGE_SCHEDULES = ["karras", "exponential", "polyexponential", "laplace", "kl_optimal"]
 TABLE_SCHEDULES = ["normal", "sgm_uniform", "simple", "ddim_uniform", "beta", "turbo"]
 MAY_DROP = {"laplace", "beta"}  # documented to drop repeated values
+PUBLISHED = ["align_your_steps", "gits", "optimal_steps", "ltxv"]  # published tables / ComfyUI's model schedules
+FLOW_ONLY = {"optimal_steps", "ltxv"}
 
 
 def assert_schedule(sigmas, n, exact_length=True):
@@ -298,6 +307,37 @@ def test_simple_and_ddim_uniform_indices():
     assert get_sigmas_simple(1000, table)[:-1].tolist() == table.flip(0).tolist()
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 12, 15, 20, 25, 30, 64, 333, 999])
+def test_ddim_uniform_comfyui_count(n):
+    """comfyui=True: ComfyUI keeps stepping by c = N // n from index 1 to the table's end: indices 1 + j c <= N - 1,
+    ceil((N - 1) / c) steps. The default keeps n steps (its indices are the comfyui ones' lowest n)."""
+    table = TABLES["flow"]
+    ours = get_sigmas_ddim_uniform(n, table, comfyui=True)
+    idx = np.rint(ours[:-1].numpy() * 1000).astype(int) - 1
+    step = 1000 // n
+    expected = []
+    t = 1
+    while t <= 999:
+        expected.append(t)
+        t += step
+    assert idx.tolist() == expected[::-1] and ours[-1] == 0
+    assert len(idx) == math.ceil(999 / step)
+    default = get_sigmas_ddim_uniform(n, table)
+    assert default[:-1].tolist() == ours[:-1][-n:].tolist()
+    assert (len(idx) > n) == (n * step < 999)
+
+
+def test_ddim_uniform_comfyui_on_sdxl_at_30_steps():
+    """The issue's case: 30 steps on SDXL's 1000 entries, c = 33: ComfyUI has 31 steps from t = 991, ours 30 from
+    t = 958."""
+    comfy = get_sigmas("ddim_uniform", 30, SDXL, comfyui=True)
+    ours = get_sigmas("ddim_uniform", 30, SDXL)
+    assert len(comfy) == 32 and len(ours) == 31
+    assert comfy[:-1].tolist() == SDXL[[1 + 33 * k for k in range(30, -1, -1)]].tolist()
+    assert comfy[0].item() == SDXL[991].item() and ours[0].item() == SDXL[958].item()
+    assert comfy[1:].tolist() == ours.tolist()
+
+
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 16, 30, 100, 300, 999])
 def test_beta_timestep_space_re_derived(n):
     """Lee et al. / ComfyUI: t_k = rint(BetaInv(1 - k/n; .6, .6) (N - 1)) (scipy.special.betaincinv here), repeats
@@ -339,6 +379,180 @@ def test_align_your_steps_sdxl_table_matches_diffusers_constant():
     assert get_sigmas("align_your_steps", 10, SDXL).tolist() == AysSchedules["StableDiffusionXLSigmas"]
     assert get_sigmas("align_your_steps", 10, model="sd1").tolist() == AysSchedules["StableDiffusionSigmas"]
     assert get_sigmas("align_your_steps", 10, model="svd").tolist() == AysSchedules["StableDiffusionVideoSigmas"]
+    assert list(AYS_TIMESTEPS["sd1"][:-1]) == AysSchedules["StableDiffusionTimesteps"]
+    assert list(AYS_TIMESTEPS["sdxl"][:-1]) == AysSchedules["StableDiffusionXLTimesteps"]
+
+
+def test_align_your_steps_aliases():
+    for alias in ("sd15", "sd1.5"):
+        assert torch.equal(get_sigmas("align_your_steps", 13, model=alias), get_sigmas("align_your_steps", 13,
+                                                                                        model="sd1"))
+
+
+# ComfyUI's AlignYourStepsScheduler lists (comfy_extras/nodes_align_your_steps.py), 10 digits: the published timesteps
+# read off SD's table.
+COMFYUI_AYS = {
+    "sd1": [14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092, 0.9642583904,
+            0.6523686016, 0.3977456272, 0.1515232662],
+    "sdxl": [14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141, 0.5550693289,
+             0.3798540708, 0.2332364134, 0.1114188177],
+}
+
+
+@pytest.mark.parametrize("model", sorted(COMFYUI_AYS))
+def test_align_your_steps_timesteps_are_comfyuis_values(model):
+    s = get_sigmas("align_your_steps", 10, model=model, source="timesteps")
+    assert_schedule(s, 10)
+    torch.testing.assert_close(s[:-1], torch.tensor(COMFYUI_AYS[model], dtype=torch.float64), rtol=0, atol=6e-11)
+    assert torch.equal(get_sigmas("align_your_steps", 10, SDXL, model=model, source="timesteps"), s)
+    s16 = get_sigmas("align_your_steps", 16, model=model, source="timesteps")
+    ref = get_sigmas_align_your_steps(16, model=model)  # same interpolation, other published values
+    assert_schedule(s16, 16)
+    assert (s16[:-1] / ref[:-1] - 1).abs().max() < 0.02
+
+
+def test_align_your_steps_sigmas_against_timesteps():
+    """The finding behind the default: the two published forms differ by at most 1.42 % (SDXL, ninth value: 0.113
+    against sigma(13) = 0.11142), and each timestep is within 0.57 of the published noise level's continuous one
+    (SD 1.5's 0.399 sits at t = 124.56, published as 124)."""
+    for model in ("sd1", "sdxl"):
+        sig = torch.tensor(AYS_SIGMAS[model][:-1], dtype=torch.float64)
+        ts = torch.tensor(AYS_TIMESTEPS[model][:-1], dtype=torch.float64)
+        assert (sigma_to_timestep(sig, SDXL) - ts).abs().max() < 0.57
+        rel = get_sigmas("align_your_steps", 10, model=model)[:-1] / get_sigmas(
+            "align_your_steps", 10, model=model, source="timesteps")[:-1] - 1
+        if model == "sdxl":
+            assert rel.abs().argmax().item() == 9 and 0.0141 < rel[9].item() < 0.0143
+        assert rel.abs().max() < 0.0143
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GITS, Optimal Steps, LTXV (ComfyUI's schedule nodes)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Rows of the authors' GITS tables as printed in ComfyUI's comfy_extras/nodes_gits.py, keyed (coeff, steps).
+GITS_PUBLISHED = {
+    (0.80, 2): [14.61464119, 7.49001646, 0.02916753],
+    (1.00, 15): [14.61464119, 11.54541874, 8.75849152, 7.49001646, 5.85520077, 4.65472794, 3.60512662, 2.84484982,
+                 2.19988537, 1.61558151, 1.162866, 0.803307, 0.50118381, 0.27464288, 0.09824532, 0.02916753],
+    (1.20, 10): [14.61464119, 5.85520077, 2.84484982, 1.67050016, 1.08895338, 0.74807048, 0.50118381, 0.32104823,
+                 0.19894916, 0.09824532, 0.02916753],
+    (1.50, 20): [14.61464119, 2.45070267, 1.41535246, 0.95350921, 0.72133851, 0.57119018, 0.4783645, 0.43325692,
+                 0.38853383, 0.36617002, 0.34370604, 0.32104823, 0.29807833, 0.27464288, 0.25053367, 0.22545385,
+                 0.19894916, 0.17026083, 0.13792117, 0.09824532, 0.02916753],
+}
+
+
+@pytest.mark.parametrize("coeff,n", sorted(GITS_PUBLISHED))
+def test_gits_published_rows(coeff, n):
+    s = get_sigmas("gits", n, coeff=coeff)
+    assert s[:-1].tolist() == GITS_PUBLISHED[coeff, n][:-1] and s[-1] == 0
+
+
+def test_gits_default_is_coeff_1_20():
+    assert torch.equal(get_sigmas("gits", 10), get_sigmas("gits", 10, coeff=1.2))
+    assert torch.equal(get_sigmas("gits", 10, SDXL), get_sigmas_gits(10, coeff=1.20))
+
+
+def test_gits_tables_are_points_of_the_search_grid():
+    """Independent of the transcription: every published sigma is within 2.7e-5 of SD's sigma at t = 999 (1 - j/100)
+    (log-sigma interpolation of the float64 table), each row runs from grid point 0 (t = 999) to 100 (t = 0),
+    strictly, with n + 1 points; 15 coefficients 0.80 .. 1.50."""
+    assert sorted(GITS_STEPS) == list(range(80, 151, 5))
+    for j, value in GITS_GRID_SIGMAS.items():
+        assert value == pytest.approx(timestep_to_sigma(999 * (1 - j / 100), SDXL).item(), rel=2.7e-5)
+    for rows in GITS_STEPS.values():
+        assert len(rows) == 19
+        for n, row in enumerate(rows, start=2):
+            assert len(row) == n + 1 and row[0] == 0 and row[-1] == 100
+            assert all(a < b for a, b in zip(row, row[1:]))
+
+
+@pytest.mark.parametrize("coeff", [0.8, 1.2, 1.5])
+def test_gits_interpolates_the_20_step_table_beyond_20(coeff):
+    """n = 40: the 20-step table's 21 values at every other point (linspace(0, 1, 21) within linspace(0, 1, 41)) and
+    their geometric means in between, as ComfyUI's loglinear_interp."""
+    published = torch.tensor([GITS_GRID_SIGMAS[j] for j in GITS_STEPS[round(coeff * 100)][-1]], dtype=torch.float64)
+    s40 = get_sigmas("gits", 40, coeff=coeff)
+    assert_schedule(s40, 40)
+    torch.testing.assert_close(s40[0:40:2], published[:-1], rtol=1e-13, atol=0)
+    torch.testing.assert_close(s40[1:40:2], (published[:-1] * published[1:]).sqrt(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("coeff", [c / 100 for c in range(80, 151, 5)])
+def test_gits_properties(coeff):
+    for n in list(range(2, 26)) + [50, 200]:
+        s = get_sigmas("gits", n, coeff=coeff)
+        assert_schedule(s, n)
+        assert s[0].item() == pytest.approx(14.61464119, rel=1e-14)
+
+
+@pytest.mark.parametrize("model,steps", [("flux", 10), ("wan", 20), ("chroma", 40)])
+def test_optimal_steps_published_and_interpolated(model, steps):
+    """At the table's own step count: the published sigmas, last set to 0; at twice it: the published values at every
+    other point, geometric means in between (log-linear interpolation)."""
+    published = OPTIMAL_STEPS_SIGMAS[model]
+    assert len(published) == steps + 1 and published[-1] == 0.001
+    s = get_sigmas("optimal_steps", steps, FLUX, model=model)
+    assert s[:-1].tolist() == list(published[:-1]) and s[-1] == 0
+    p = torch.tensor(published, dtype=torch.float64)
+    s2 = get_sigmas("optimal_steps", 2 * steps, model=model)
+    assert_schedule(s2, 2 * steps)
+    torch.testing.assert_close(s2[0 : 2 * steps : 2], p[:-1], rtol=1e-13, atol=0)
+    torch.testing.assert_close(s2[1 : 2 * steps : 2], (p[:-1] * p[1:]).sqrt(), rtol=1e-13, atol=0)
+    comfy_name = {"flux": "FLUX", "wan": "Wan", "chroma": "Chroma"}[model]
+    assert torch.equal(get_sigmas_optimal_steps(7, model=comfy_name), get_sigmas_optimal_steps(7, model=model))
+    for n in range(3, 60):
+        assert_schedule(get_sigmas("optimal_steps", n, model=model), n)
+
+
+def test_optimal_steps_written_out():
+    """FLUX's 10-step table (Pei et al. 2025, in ComfyUI's OptimalStepsScheduler) and its 5-step interpolation:
+    nodes of linspace(0, 1, 6) are the published points 0, 2, 4, 6, 8, 10."""
+    flux = [0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808]
+    assert get_sigmas("optimal_steps", 10).tolist() == flux + [0.0]
+    torch.testing.assert_close(get_sigmas("optimal_steps", 5)[:-1], torch.tensor(flux[0::2], dtype=torch.float64),
+                               rtol=1e-14, atol=0)
+
+
+def ltxv_reference(n, tokens, max_shift, base_shift, stretch, terminal):
+    """The LTXV formula written out: mu linear in tokens through (1024, base) and (4096, max); FLUX's time shift
+    sigma = e^mu u / (e^mu u + 1 - u) at u = 1 - k/n; stretch 1 - sigma so that the last nonzero value is terminal."""
+    mu = base_shift + (max_shift - base_shift) / 3072 * (tokens - 1024)
+    out = []
+    for k in range(n):
+        u = 1 - k / n
+        out.append(math.exp(mu) * u / (math.exp(mu) * u + 1 - u))
+    if stretch and n > 1:
+        scale = (1 - out[-1]) / (1 - terminal)
+        out = [1 - (1 - v) / scale for v in out]
+    return torch.tensor(out + [0.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n,tokens,max_shift,base_shift,stretch,terminal", [
+    (20, 4096, 2.05, 0.95, True, 0.1), (4, 4096, 2.05, 0.95, False, 0.1), (7, 1024, 2.05, 0.95, True, 0.25),
+    (30, 6144, 2.05, 0.95, True, 0.1), (12, 300, 1.5, 0.5, True, 0.05), (1, 4096, 2.05, 0.95, True, 0.1),
+])
+def test_ltxv_formula(n, tokens, max_shift, base_shift, stretch, terminal):
+    s = get_sigmas("ltxv", n, FLUX, tokens=tokens, max_shift=max_shift, base_shift=base_shift, stretch=stretch,
+                   terminal=terminal)
+    assert_schedule(s, n)
+    torch.testing.assert_close(s, ltxv_reference(n, tokens, max_shift, base_shift, stretch, terminal), rtol=1e-13,
+                               atol=1e-15)
+    assert s[0].item() == 1.0
+    if stretch and n > 1:
+        assert s[-2].item() == pytest.approx(terminal, rel=1e-13)
+
+
+def test_ltxv_by_hand():
+    """Two steps at 1024 tokens (mu = base_shift = 0.95) without stretch: sigma_1 = sigmoid(0.95) = 0.72111...;
+    with the defaults the last nonzero sigma is terminal = 0.1."""
+    s = get_sigmas_ltxv(2, tokens=1024, stretch=False)
+    assert s.tolist() == pytest.approx([1.0, 1 / (1 + math.exp(-0.95)), 0.0], rel=1e-15)
+    assert s[1].item() == pytest.approx(0.721115, abs=1e-6)
+    assert get_sigmas_ltxv(2).tolist() == pytest.approx([1.0, 0.1, 0.0], rel=1e-14)
+    more, fewer = get_sigmas_ltxv(20, tokens=8192), get_sigmas_ltxv(20, tokens=2048)
+    assert (more[1:-2] > fewer[1:-2]).all()  # more tokens, more shift (the ends are 1, terminal and 0 for both)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -501,11 +715,15 @@ def test_table_schedules_properties(n, table):
 
 
 def test_registry_covers_the_catalogue():
-    assert set(SCHEDULES) == set(RANGE_SCHEDULES + TABLE_SCHEDULES + ["vp", "linear_quadratic", "align_your_steps"])
+    assert set(SCHEDULES) == set(RANGE_SCHEDULES + TABLE_SCHEDULES + PUBLISHED + ["vp", "linear_quadratic"])
     assert SCHEDULES["karras"].options == ("rho", "geometry")
+    assert SCHEDULES["gits"].options == ("coeff",) and SCHEDULES["optimal_steps"].options == ("model",)
+    assert SCHEDULES["ltxv"].options == ("tokens", "max_shift", "base_shift", "stretch", "terminal")
+    assert SCHEDULES["align_your_steps"].options == ("model", "source")
+    assert SCHEDULES["ddim_uniform"].options == ("comfyui",)
     for spec in SCHEDULES.values():
         assert spec.reference and spec.function.__doc__
-        args = {"sigma_table": SDXL} if spec.table != "unused" else {}
+        args = {"sigma_table": FLUX if spec.name in FLOW_ONLY else SDXL} if spec.table != "unused" else {}
         assert_schedule(get_sigmas(spec.name, 8, **args), 8)
 
 
@@ -560,6 +778,26 @@ def test_table_schedule_without_table(name):
     (dict(name="ddim_uniform", n=1000, sigma_table=SDXL), "ddim_uniform needs n <= len"),
     (dict(name="align_your_steps", n=5, model="flux"), "published tables: \\['sd1', 'sdxl', 'svd'\\]"),
     (dict(name="align_your_steps", n=5, sigma_table=FLUX), "no published table for flow models"),
+    (dict(name="align_your_steps", n=5, source="time"), "source must be 'sigmas'.*or 'timesteps'"),
+    (dict(name="align_your_steps", n=5, model="svd", source="timesteps"), r"timestep indices only for \['sd1'"),
+    (dict(name="align_your_steps", n=5, sigma_table=SDXL[:500], source="timesteps"), "indexes a 1000-timestep"),
+    (dict(name="ddim_uniform", n=2, sigma_table=torch.tensor([1e-7, 1e-6, 1.0, 2.0]), comfyui=True),
+     r"sigma_table\[1\] <= 1e-5"),
+    (dict(name="gits", n=10, coeff=1.23), "coeff must be one of the published 0.80, 0.85, .*, 1.50, got 1.23"),
+    (dict(name="gits", n=1), r"n \(the number of steps\) must be >= 2, got 1"),
+    (dict(name="gits", n=10, sigma_table=FLUX), "gits has no published table for flow models"),
+    (dict(name="gits", n=10, sigma_min=0.1), "does not take sigma_min"),
+    (dict(name="optimal_steps", n=2), r"must be >= 3, got 2"),
+    (dict(name="optimal_steps", n=10, model="sdxl"),
+     r"unknown Optimal Steps model 'sdxl'.*\['chroma', 'flux', 'wan'\]"),
+    (dict(name="optimal_steps", n=10, sigma_table=SDXL), "optimal_steps is a flow-model schedule"),
+    (dict(name="ltxv", n=10, sigma_table=SDXL), "ltxv is a flow-model schedule"),
+    (dict(name="ltxv", n=10, terminal=0.0), r"terminal must lie in \(0, 1\)"),
+    (dict(name="ltxv", n=10, terminal=1.0), r"terminal must lie in \(0, 1\)"),
+    (dict(name="ltxv", n=10, tokens=0), "tokens must be a positive integer"),
+    (dict(name="ltxv", n=10, max_shift=100.0), "collapse"),
+    (dict(name="ltxv", n=10, max_shift=float("nan")), "must be finite"),
+    (dict(name="ltxv", n=10, shift=2.0), r"unknown option\(s\) \['shift'\]"),
     (dict(name="linear_quadratic", n=50, sigma_max=1.0, linear_steps=0), r"linear_steps must lie in \[1, n - 1\]"),
     (dict(name="linear_quadratic", n=200, sigma_max=1.0, linear_steps=2), "need linear_steps >= 3"),
     (dict(name="linear_quadratic", n=5, sigma_max=1.0, threshold_noise=1.5), "threshold_noise must lie in"),

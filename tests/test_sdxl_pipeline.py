@@ -416,7 +416,8 @@ def test_call_accepts_every_parent_parameter_with_the_same_default():
         assert ours[name].default == param.default, name
     assert [n for n in ours if n in parent] == list(parent)  # same order: positional calls mean the same
     extra = [n for n in ours if n not in parent]
-    assert extra == ["sampler", "sigma_schedule", "sampler_kwargs", "quantize_timesteps", "check_finite"]
+    assert extra == ["sampler", "sigma_schedule", "sampler_kwargs", "quantize_timesteps", "check_finite", "noise",
+                     "seed", "noise_options"]
     assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY or ours[n].default is not inspect.Parameter.empty
                for n in extra)
     assert k_diffusing.KSDXLPipeline is KSDXLPipeline

@@ -22,7 +22,8 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
     """FluxPipeline whose scheduler runs a k-sampler (see ``__call__``'s extra arguments)."""
 
     def __call__(self, *args, sampler: str | Callable | None = None, sigma_schedule: str | None = None,
-                 sampler_kwargs: dict[str, Any] | None = None, check_finite: bool = False, **kwargs):
+                 sampler_kwargs: dict[str, Any] | None = None, check_finite: bool = False, noise: str = "diffusers",
+                 seed: int | list[int] | None = None, noise_options: dict | None = None, **kwargs):
         r"""The parent's ``__call__`` (same arguments, same meaning, same loop) with a k-sampler as the scheduler.
 
         Extra arguments:
@@ -36,6 +37,11 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
             check_finite: after every model call, stop with a ``FloatingPointError`` naming the call and its sigma
                 if the latents hold NaN/inf. Off by default: the check reads a tensor back to the host, one device
                 sync per call on an accelerator.
+            noise, seed, noise_options: the seed mode, as in :class:`~k_diffusing.pipelines.sdxl.KSDXLPipeline`
+                ("comfyui", "a1111" with ``seed``). The initial noise and the per-step noise are drawn in the
+                unpacked latent shape ``(images, 16, 2 (height // 16), 2 (width // 16))``, as ComfyUI and Forge hold
+                FLUX latents, and packed with the pipeline's ``_pack_latents``; the flow schedules start at sigma 1,
+                where both programs' initial scale ``sigma_0`` leaves the noise as it is.
 
         ``latents`` are packed unit noise used as the state at the first sigma (1 on every built-in schedule), as in
         the parent. ``generator`` draws the initial noise and, bound to the KScheduler (FluxPipeline gives its
@@ -53,10 +59,22 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
         ``sigma_schedule="vp"``, or ``align_your_steps``, which has no flow table) and custom ``sigmas`` together
         with a ``sigma_schedule``.
         """
-        return self.k_call(args, kwargs, sampler=sampler, sigma_schedule=sigma_schedule, sampler_kwargs=sampler_kwargs,
-                           check_finite=check_finite)
+        return self.k_call(args, kwargs, noise, seed, noise_options, sampler=sampler, sigma_schedule=sigma_schedule,
+                           sampler_kwargs=sampler_kwargs, check_finite=check_finite)
 
     __call__.__signature__ = call_signature(FluxPipeline.__call__, __call__)
+
+    def noise_layout(self, images: int, height: int, width: int):
+        """The seed modes' noise shape, FLUX's unpacked latents ``(images, C, h, w)`` with ``prepare_latents``'
+        rounding (``h = 2 (height // (2 vae_scale_factor))``), and the pipeline's packing of it."""
+        channels = self.transformer.config.in_channels // 4
+        h = 2 * (height // (2 * self.vae_scale_factor))
+        w = 2 * (width // (2 * self.vae_scale_factor))
+
+        def pack(noise):
+            return self._pack_latents(noise, images, channels, h, w)
+
+        return (images, channels, h, w), pack
 
     def latent_shape(self, images: int, height: int, width: int) -> tuple[tuple[int, ...], str]:
         side = 2 * self.vae_scale_factor  # prepare_latents' rounding, then 2x2 packing

@@ -1,6 +1,10 @@
 """K versions of the other common diffusers pipelines: each is the parent plus :class:`~k_diffusing.scheduler.
 KScheduler`, with the extra call arguments of :class:`~k_diffusing.pipelines.sdxl.KSDXLPipeline` (``sampler``,
-``sigma_schedule``, ``sampler_kwargs``, ``check_finite``, and ``quantize_timesteps`` for discrete models).
+``sigma_schedule``, ``sampler_kwargs``, ``check_finite``, ``noise``, ``seed``, ``noise_options``, and
+``quantize_timesteps`` for discrete models). In the seed modes these pipelines give the parent the generators that
+draw the program's initial noise (the NV source and variation seeds need KSDXLPipeline or KFluxPipeline); for the
+FLUX variants the per-step noise is drawn in the packed layout, so only KFluxPipeline reproduces a program's
+per-step noise on FLUX.
 
 Every diffusers pipeline also runs a k-sampler with ``pipe.scheduler = KScheduler.from_config(pipe.scheduler.config,
 sampler=...)``; these classes only give the names users look for and the per-call choice of sampler.
@@ -29,9 +33,10 @@ def k_call(parent: type) -> Callable:
     """A ``__call__`` for a K subclass of ``parent``: the parent's own, run with a KScheduler for the call."""
 
     def __call__(self, *args, sampler: str | Callable | None = None, sigma_schedule: str | None = None,
-                 sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool = False,
-                 check_finite: bool = False, **kwargs):
-        return self.k_call(args, kwargs, sampler=sampler, sigma_schedule=sigma_schedule,
+                 sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool | None = None,
+                 check_finite: bool = False, noise: str = "diffusers", seed: int | list[int] | None = None,
+                 noise_options: dict | None = None, **kwargs):
+        return self.k_call(args, kwargs, noise, seed, noise_options, sampler=sampler, sigma_schedule=sigma_schedule,
                            sampler_kwargs=sampler_kwargs, quantize_timesteps=quantize_timesteps,
                            check_finite=check_finite)
 

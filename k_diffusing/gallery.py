@@ -83,6 +83,17 @@ def pipeline_samplers() -> list:
     return [spec for spec in list_samplers() if pipeline_refusal(spec.name) is None]
 
 
+CFG_PP_NOT_RENDERED = ("the CFG++ samplers (*_cfg_pp) take a guidance scale of about 0 to 1 and, on FLUX, a negative "
+                       "prompt, unlike every other sampler, so a strip at the gallery's common settings would say "
+                       "nothing about them; run them through the K pipelines (tests/test_cfg_pp_pipelines.py)")
+
+
+def gallery_samplers() -> list:
+    """The specs the gallery renders by default: :func:`pipeline_samplers` but the CFG++ ones
+    (:data:`CFG_PP_NOT_RENDERED`)."""
+    return [spec for spec in pipeline_samplers() if not spec.needs_uncond]
+
+
 def parser(kind: str) -> argparse.ArgumentParser:
     family = {"sdxl": "SDXL", "flux": "FLUX"}[kind]
     p = argparse.ArgumentParser(
@@ -106,7 +117,7 @@ def parser(kind: str) -> argparse.ArgumentParser:
 
 def validate(args) -> list:
     """Check the cheap arguments before any model is loaded; returns the ``(name, spec, schedule)`` to run
-    (default: every sampler of :func:`pipeline_samplers`). :class:`BadArguments` otherwise."""
+    (default: every sampler of :func:`gallery_samplers`). :class:`BadArguments` otherwise."""
     from .names import unknown_name
     from .registry import resolve_sampler
     from .schedules import SCHEDULES
@@ -120,7 +131,7 @@ def validate(args) -> list:
         if value is not None and value < 1:
             raise BadArguments(f"--{side} must be positive, got {value}")
     if args.samplers is None:
-        return [(spec.name, spec, args.sigma_schedule) for spec in pipeline_samplers()]
+        return [(spec.name, spec, args.sigma_schedule) for spec in gallery_samplers()]
     chosen = []
     for name in args.samplers:
         try:
@@ -130,6 +141,8 @@ def validate(args) -> list:
         refusal = pipeline_refusal(spec.name, name)
         if refusal is not None:
             raise BadArguments(f"--samplers: {refusal}")
+        if spec.needs_uncond:
+            raise BadArguments(f"--samplers: {name!r}: {CFG_PP_NOT_RENDERED}")
         if schedule is not None and args.sigma_schedule is not None and schedule != args.sigma_schedule:
             raise BadArguments(f"{name!r} implies sigma schedule {schedule!r} but --sigma-schedule is "
                                f"{args.sigma_schedule!r}")
@@ -267,6 +280,7 @@ def main(kind: str, argv=None) -> int:
         if skipped:
             print(f"not rendered (the K pipelines cannot run them; functional API only): {', '.join(skipped)}",
                   file=sys.stderr)
+        print(f"not rendered: {CFG_PP_NOT_RENDERED}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype or ("float32" if device == "cpu" else "bfloat16")]
     pipe = load_pipeline(kind, args.model, device, dtype)
@@ -340,4 +354,4 @@ def _unrendered_note() -> list[str]:
     listed = ", ".join(f"`{name}`" for name in names)
     return ["", f"Not rendered: {listed}, whose number of model calls depends on the data (adaptive step size): no "
             "timesteps can be given to a pipeline upfront, so the K pipelines refuse it. It runs through the "
-            "functional API (`k_diffusing.sampling`)."]
+            "functional API (`k_diffusing.sampling`).", "", f"Not rendered either: {CFG_PP_NOT_RENDERED}."]

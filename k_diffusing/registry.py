@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from .names import unknown_name
+from .samplers.base import needs_uncond
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,16 @@ class SamplerSpec:
     display_names: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
     aliases: tuple[str, ...] = ()  # other short names that resolve to this entry (ComfyUI's)
-    needs_uncond: bool = False  # CFG++: the model must offer denoise_with_uncond (k_diffusing.CFGDenoiser)
 
     @property
     def function(self) -> Callable:
         module, attr = self.target.split(":")
         return getattr(importlib.import_module(f"k_diffusing.samplers.{module}"), attr)
+
+    @property
+    def needs_uncond(self) -> bool:
+        """CFG++: the model must offer ``denoise_with_uncond`` (:class:`k_diffusing.CFGDenoiser`, the K pipelines)."""
+        return needs_uncond(self.function)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -58,7 +63,7 @@ def _spec(name, target, order, calls, stochastic, reference, display=(), aliases
 def _cfg_pp(base: str, order: int, calls: int, stochastic: bool, note: str = "") -> SamplerSpec:
     """The CFG++ variant of ``base`` (``samplers/cfg_pp.py``): ComfyUI's name ``<base>_cfg_pp``."""
     return SamplerSpec(f"{base}_cfg_pp", f"cfg_pp:sample_{base}_cfg_pp", order, calls, stochastic,
-                       f"Chung et al. 2024, arXiv 2406.08070 (CFG++) on {base}{note}", needs_uncond=True)
+                       f"Chung et al. 2024, arXiv 2406.08070 (CFG++) on {base}{note}")
 
 
 KARRAS = "Karras et al. 2022, arXiv 2206.00364, Alg. 2"

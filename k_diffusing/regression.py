@@ -330,9 +330,9 @@ def render_candidates(golden: Path, out: Path, model: str | None = None, progres
 def catalogue_note(names) -> str | None:
     """A note naming catalogue samplers that have no golden (reported, not failed: a golden folder may hold a
     chosen subset); samplers the K pipelines cannot run are not named (they never have one)."""
-    from .gallery import pipeline_samplers
+    from .gallery import gallery_samplers
 
-    absent = [spec.name for spec in pipeline_samplers() if spec.name not in set(names)]
+    absent = [spec.name for spec in gallery_samplers() if spec.name not in set(names)]
     if not absent:
         return None
     return f"catalogue samplers without a golden (not compared): {', '.join(absent)}"

@@ -105,13 +105,18 @@ def test_gallery_refuses_bad_arguments_before_loading(tmp_path, capsys, argv, me
 
 def test_gallery_leaves_out_the_samplers_pipelines_cannot_run():
     """By default every catalogue sampler but dpm_adaptive (KScheduler refuses it: its model calls depend on the
-    data), which is the only one left out."""
+    data) and the CFG++ samplers (they take other guidance settings)."""
     from k_diffusing.registry import list_samplers
     from k_diffusing.scheduler import UNPLANNABLE
 
     chosen = [name for name, _, _ in gallery.validate(gallery.parser("sdxl").parse_args([]))]
-    assert chosen == [spec.name for spec in gallery.pipeline_samplers()]
-    assert set(spec.name for spec in list_samplers()) - set(chosen) == UNPLANNABLE == {"dpm_adaptive"}
+    assert chosen == [spec.name for spec in gallery.gallery_samplers()]
+    cfg_pp = {spec.name for spec in list_samplers() if spec.needs_uncond}
+    assert len(cfg_pp) == 7 and all(name.endswith("_cfg_pp") for name in cfg_pp)
+    assert set(spec.name for spec in list_samplers()) - set(chosen) == UNPLANNABLE | cfg_pp
+    assert UNPLANNABLE == {"dpm_adaptive"}
+    with pytest.raises(gallery.BadArguments, match="CFG"):
+        gallery.validate(gallery.parser("sdxl").parse_args(["--samplers", "euler_cfg_pp"]))
     assert gallery.pipeline_refusal("euler") is None
     assert "k_diffusing.sampling.sample_dpm_adaptive" in gallery.pipeline_refusal("dpm_adaptive")
 

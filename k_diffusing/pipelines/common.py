@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from .. import seeding
 from ..geometry import Geometry
 from ..scheduler import KScheduler
 from .checks import check_latents, check_sigmas, check_steps
@@ -53,36 +52,48 @@ def _images(call: dict) -> int | None:
     return batch * (call.get("num_images_per_prompt") or 1)
 
 
-def _check_seed_arguments(mode: seeding.SeedMode, seed, call: dict) -> None:
-    """One seed source per call: ``seed`` with the program modes, ``generator`` with "diffusers"; the program modes
-    draw the initial noise, so user ``latents`` are refused with them."""
-    if not mode.seeded:
-        if seed is not None:
-            raise ValueError("seed= applies to noise='comfyui' or noise='a1111'; with noise='diffusers' pass "
-                             "generator=torch.Generator().manual_seed(seed)")
-        return
-    if call.get("generator") is not None:
-        raise ValueError(f"noise={mode.name!r} takes seed=, not generator= (two seed sources): pass seed=<int>")
-    if seed is None:
-        each = ", or a list with one per image" if mode.name == "a1111" else ""
-        raise ValueError(f"noise={mode.name!r} needs seed= (an int{each})")
-    seeding.check_seeds(seed)
-    if call.get("latents") is not None:
-        raise ValueError(f"noise={mode.name!r} draws the initial noise from seed=; latents= would replace it: pass "
-                         "one or the other")
+class _Capture:
+    """Forward hook on the denoising network: the outputs of its calls since the scheduler last read them."""
+
+    def __init__(self):
+        self.outputs: list[torch.Tensor] = []
+
+    def __call__(self, module, args, output):
+        self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+
+    def take(self, count: int) -> list[torch.Tensor]:
+        outputs, self.outputs = self.outputs[-count:], []
+        if len(outputs) != count:
+            raise RuntimeError(f"expected {count} network output(s) before the scheduler step, got {len(outputs)}")
+        return outputs
 
 
-def _keywords(bound: inspect.BoundArguments) -> dict:
-    """The bound call as keyword arguments (the parent's ``**kwargs`` spread out)."""
-    out = {}
-    for name, value in bound.arguments.items():
-        if name == "self":
-            continue
-        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-            out.update(value)
-        else:
-            out[name] = value
-    return out
+def _batched_cfg_source(capture: _Capture):
+    """CFG++ source for parents that run the unconditional and the conditional branch as one batch ``[uncond,
+    cond]`` (SD, SDXL, SD3): the guided prediction is the parent's own ``model_output`` (guidance_rescale
+    included), the unconditional one the first half of the network's output."""
+
+    def source(model_output):
+        (batch,) = capture.take(1)
+        return model_output, batch[: batch.shape[0] // 2]
+
+    return source
+
+
+def _true_cfg_source(capture: _Capture, scale: float):
+    """CFG++ source for FLUX-family true CFG (the network runs on the prompt, then on the negative prompt): both
+    predictions combined at the user's ``true_cfg_scale`` as FluxPipeline combines them."""
+
+    def source(model_output):
+        cond, uncond = capture.take(2)
+        return uncond + scale * (cond - uncond), uncond
+
+    return source
+
+
+# FluxPipeline runs its unconditional branch only with true_cfg_scale > 1; for CFG++ at a scale <= 1 it is given this
+# one instead, and the scheduler combines the two predictions at the user's scale itself.
+TRUE_CFG_RUN_SCALE = 2.0
 
 
 class SavesAsParent:
@@ -110,74 +121,70 @@ class KPipelineMixin(SavesAsParent):
     last schedule.
 
     Text-to-image subclasses give ``latent_shape(images, height, width) -> (shape, axes)`` for the check of user
-    ``latents``, and ``noise_layout(images, height, width) -> (shape, pack)`` for the seed modes: the shape the
-    programs draw the initial noise in and the function that brings it to the pipeline's latents (FLUX packs).
-
-    Seed modes (``noise="comfyui"`` / ``"a1111"`` with ``seed=``, :mod:`k_diffusing.seeding`): text-to-image K
-    pipelines draw the initial noise themselves by the program's rules and pass it as ``latents``; the other K
-    pipelines give the parent the generators whose ``randn_tensor`` draws the program's noise (one CPU generator for
-    ComfyUI, one per image for A1111's CPU and GPU sources; the NV source and variation seeds are refused there).
-    The KScheduler gets the seed(s) (``set_seed``) and draws the per-step noise and Brownian trees by the same rules.
-    A loaded KScheduler is not used as it is in these modes (a fresh one carries the mode).
+    ``latents``.
     """
 
-    def k_call(self, args: tuple, kwargs: dict, noise: str = "diffusers", seed=None, noise_options: dict | None = None,
-               **options):
+    def k_call(self, args: tuple, kwargs: dict, **options):
         """Check the call, then run the parent's ``__call__(*args, **kwargs)`` with the KScheduler ``options``
-        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe, in the seed mode ``noise``."""
-        mode = seeding.seed_mode(noise, noise_options)
+        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe."""
         bound = _parent_signature(diffusers_parent(type(self))).bind(self, *args, **kwargs)
         bound.apply_defaults()
         call = bound.arguments
-        _check_seed_arguments(mode, seed, call)
-        if isinstance(self.scheduler, KScheduler) and not any(options.values()) and not mode.seeded:
+        if isinstance(self.scheduler, KScheduler) and not any(options.values()):
             scheduler = self.scheduler
         else:
-            scheduler = KScheduler.from_scheduler(self.scheduler, **options, noise=mode.name,
-                                                  noise_options=noise_options)
+            scheduler = KScheduler.from_scheduler(self.scheduler, **options)
         self._check_call(call, scheduler.geometry)
-        if mode.seeded:
-            args, kwargs = (), self._seeded_call(bound, mode, seed, scheduler)
-        elif call["generator"] is not None:
+        if call["generator"] is not None:
             scheduler.set_generator(call["generator"])
+        hook = None
+        if scheduler.needs_uncond:
+            hook, kwargs = self._cfg_pp(call, scheduler, len(args), kwargs)
         loaded = self.scheduler
         self.__dict__["scheduler"] = scheduler
         try:
             return super().__call__(*args, **kwargs)
         finally:
             self.__dict__["scheduler"] = loaded
+            self.__dict__.pop("_k_force_cfg", None)
+            if hook is not None:
+                hook.remove()
             if scheduler.num_inference_steps is not None:
                 self.k_sigmas = torch.tensor(scheduler.k_sigmas, dtype=torch.float64)
 
-    def _seeded_call(self, bound: inspect.BoundArguments, mode: seeding.SeedMode, seed, scheduler: KScheduler) -> dict:
-        """The parent's call arguments (all by keyword) with the seed mode's initial noise: ``latents`` drawn here
-        (text-to-image), or the generators that draw it; the scheduler gets the seed(s) and the noise layout."""
-        call = _keywords(bound)
-        images = _images(call)
-        if images is None:
-            raise ValueError(f"noise={mode.name!r} needs the number of images: pass prompt (a string or a list) or "
-                             "prompt_embeds")
-        seeds = seeding.batch_seeds(mode, seed, images)
-        device = self._execution_device
-        layout = getattr(self, "noise_layout", None)
-        if layout is not None:
-            height = call["height"] or self.default_sample_size * self.vae_scale_factor
-            width = call["width"] or self.default_sample_size * self.vae_scale_factor
-            shape, pack = layout(images, int(height), int(width))
-            noise = seeding.initial_noise(mode, seed, shape, device)
-            call["latents"] = noise if pack is None else pack(noise)
-            scheduler.set_noise_layout(shape, pack)
-        elif mode.draws_own_initial_noise:
-            raise ValueError(f"noise_options {mode.options} (the NV source, variation seeds) need the initial noise "
-                             f"drawn by k_diffusing.seeding, which {type(self).__name__} does not take as latents; "
-                             "use KSDXLPipeline or KFluxPipeline")
-        elif mode.name == "comfyui":
-            call["generator"] = torch.Generator("cpu").manual_seed(seeds)
+    @property
+    def do_classifier_free_guidance(self):
+        """The parent's rule, except during a CFG++ call, whose sampler needs the unconditional branch at any
+        guidance scale (the parent skips it at ``guidance_scale <= 1``)."""
+        return bool(self.__dict__.get("_k_force_cfg")) or super().do_classifier_free_guidance
+
+    def _cfg_pp(self, call: dict, scheduler: KScheduler, positional: int, kwargs: dict):
+        """Set up a CFG++ call: capture the network's unconditional prediction for the scheduler (a forward hook,
+        returned to be removed), and make the parent evaluate that branch. Returns ``(hook, kwargs)``."""
+        network = getattr(self, "unet", None) or getattr(self, "transformer", None)
+        capture = _Capture()
+        parent = diffusers_parent(type(self))
+        names = list(_parent_signature(parent).parameters)
+        if isinstance(getattr(parent, "do_classifier_free_guidance", None), property):
+            if getattr(network.config, "time_cond_proj_dim", None) is not None:
+                raise ValueError(f"{scheduler._sampler_name()} (CFG++) needs an unconditional branch; this model "
+                                 "embeds its guidance scale (time_cond_proj_dim) and has none")
+            scheduler.set_guidance(_batched_cfg_source(capture))
+            self.__dict__["_k_force_cfg"] = True
+        elif "true_cfg_scale" in names:
+            if call.get("negative_prompt") is None and call.get("negative_prompt_embeds") is None:
+                raise ValueError(f"{scheduler._sampler_name()} (CFG++) needs the unconditional prediction, which "
+                                 f"{parent.__name__} makes from a negative prompt: pass negative_prompt (\"\" is fine) "
+                                 "and the CFG++ scale as true_cfg_scale (typically 0 to 1)")
+            if positional > names.index("true_cfg_scale") - 1:  # names[0] is self
+                raise ValueError("pass true_cfg_scale as a keyword argument with a CFG++ sampler")
+            scheduler.set_guidance(_true_cfg_source(capture, float(call["true_cfg_scale"])))
+            kwargs = {**kwargs, "true_cfg_scale": TRUE_CFG_RUN_SCALE}
         else:
-            where = "cpu" if mode.rng == "cpu" else device
-            call["generator"] = [torch.Generator(where).manual_seed(s) for s in seeds]
-        scheduler.set_seed(seeds)
-        return call
+            raise ValueError(f"{scheduler._sampler_name()} (CFG++) needs the unconditional prediction, which "
+                             f"{parent.__name__} does not compute; use it with a pipeline that has classifier-free "
+                             "guidance (KSDXLPipeline, KFluxPipeline with a negative prompt, ...)")
+        return network.register_forward_hook(capture), kwargs
 
     def _check_call(self, call: dict, geometry: Geometry) -> None:
         """The refusals the parent would make late (after encoding the prompt) or not at all: nonzero ``eta`` (a DDIM

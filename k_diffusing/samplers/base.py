@@ -178,6 +178,18 @@ class SamplerRun:
 
 
 
+def uses_uncond(function: Callable) -> Callable:
+    """Mark a sampler function that calls ``run.denoise_with_uncond`` (the CFG++ samplers), so that pipelines know
+    before running it that they must provide the unconditional estimate (:func:`needs_uncond`)."""
+    function.needs_uncond = True
+    return function
+
+
+def needs_uncond(function: Callable) -> bool:
+    """Whether a sampler function is marked by :func:`uses_uncond`."""
+    return bool(getattr(function, "needs_uncond", False))
+
+
 def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     """Probability-flow ODE derivative ``dx/dsigma = (x - D) / sigma`` (Karras et al. 2022, arXiv 2206.00364, Eq. 3
     with ``s = 1``). Valid in VE and in flow geometry alike (see :mod:`k_diffusing.geometry`). ``sigma`` is a float

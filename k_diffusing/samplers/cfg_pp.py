@@ -30,7 +30,7 @@ import math
 import torch
 
 from ..geometry import Geometry
-from .base import SamplerRun, to_d
+from .base import SamplerRun, to_d, uses_uncond
 from .dpmpp import ancestral_noise, data_step
 from .exponential import exp_weights
 
@@ -48,6 +48,7 @@ def _report(run: SamplerRun, i: int, x, sigma: float, denoised, uncond) -> None:
     run.report(i, x, sigma, sigma, denoised, uncond_denoised=uncond)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Euler (DDIM) with CFG++: :func:`cfg_pp_step` from each sigma to the next (the paper's Algorithm 1; the
@@ -61,6 +62,7 @@ def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disabl
     return run.finish(x)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                                   s_noise=1.0, noise_sampler=None, *, generator=None):
@@ -78,6 +80,7 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=No
     return run.finish(x)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                                      s_noise=1.0, noise_sampler=None, *, generator=None):
@@ -107,6 +110,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
     return run.finish(x)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) with CFG++, as the authors' reference ``dpm++_2m_cfg++``:
@@ -152,6 +156,7 @@ def _res_multistep_cfg_pp(model, x, sigmas, extra_args, callback, disable, eta, 
     return run.finish(x)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_res_multistep_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """RES multistep (Zhang et al. 2023, arXiv 2308.02157) with CFG++: the exponential Adams-Bashforth step
@@ -166,6 +171,7 @@ def sample_res_multistep_cfg_pp(model, x, sigmas, extra_args=None, callback=None
     return _res_multistep_cfg_pp(model, x, sigmas, extra_args, callback, disable, 0.0, 0.0, None, None)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_res_multistep_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                                           s_noise=1.0, noise_sampler=None, *, generator=None):
@@ -177,6 +183,7 @@ def sample_res_multistep_ancestral_cfg_pp(model, x, sigmas, extra_args=None, cal
                                  generator)
 
 
+@uses_uncond
 @torch.no_grad()
 def sample_gradient_estimation_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, ge_gamma=2.0):
     """Gradient estimation (Permenter & Yuan 2023, arXiv 2306.04848) with CFG++. The base step

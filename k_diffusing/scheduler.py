@@ -36,13 +36,15 @@ from typing import Any, Callable, NamedTuple
 
 import diffusers
 import greenlet
+import numpy as np
 import torch
 from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas_from_alphas_cumprod
 from .geometry import FLOW, VE, Geometry
-from .registry import SamplerSpec, get_sampler
+from . import seeding
+from .registry import SamplerSpec, get_sampler, list_samplers
 from .samplers.base import needs_uncond
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
@@ -51,7 +53,8 @@ from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, r
 logger = logging.getLogger(__name__)
 
 # KScheduler's own config keys; every other key is the base scheduler's.
-OWN_KEYS = ("base_scheduler", "sampler", "sigma_schedule", "sampler_kwargs", "quantize_timesteps", "check_finite")
+OWN_KEYS = ("base_scheduler", "sampler", "sigma_schedule", "sampler_kwargs", "quantize_timesteps", "check_finite",
+            "noise", "noise_options")
 # Samplers whose model calls depend on the data, so no schedule of timesteps can be given to the pipeline upfront.
 UNPLANNABLE = {"dpm_adaptive"}
 
@@ -168,6 +171,21 @@ class KSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
+def _catalogue_name(sampler, spec: SamplerSpec | None, function) -> str | None:
+    """The catalogue name the seed modes' rules go by: the name the user gave when it is a ``*_gpu`` alias
+    (ComfyUI's device-side Brownian trees), else the spec's, else the catalogue entry whose function this is."""
+    if isinstance(sampler, str) and sampler.strip().endswith("_gpu"):
+        return sampler.strip()
+    if spec is not None:
+        return spec.name
+    return next((s.name for s in list_samplers() if s.function is function and not s.defaults), None)
+
+
+def _rule_name(name: str | None) -> str | None:
+    """``name`` without ComfyUI's ``_gpu`` suffix (the same sampler, with its Brownian tree on the device)."""
+    return name[: -len("_gpu")] if name is not None and name.endswith("_gpu") else name
+
+
 def is_flow_config(class_name: str, config) -> bool:
     """Flow matching: a FlowMatch* scheduler, or a DPM/UniPC-style one configured with flow sigmas."""
     return (class_name.startswith("FlowMatch") or bool(config.get("use_flow_sigmas", False))
@@ -209,9 +227,24 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             flow table (flow). ``None``: the base scheduler's own sigmas.
         sampler_kwargs: the sampler's options (``eta``, ``s_noise``, ``order``, ...); unknown ones raise.
         quantize_timesteps: feed the network the nearest integer timestep (ComfyUI) instead of the continuous one
-            (k-diffusion, A1111); discrete models only.
+            (k-diffusion, A1111); discrete models only. ``None``: the seed mode's rule (quantized for "comfyui",
+            continuous otherwise).
         check_finite: after every call, raise ``FloatingPointError`` if the latents hold NaN/inf (one host sync per
             call on an accelerator).
+        noise: the seed mode (:mod:`k_diffusing.seeding`): "diffusers" (default: the generators draw the sampler's
+            noise as before), "comfyui" or "a1111". In the two program modes the seed(s) are the ``initial_seed()``
+            of the generator(s) the pipeline gives ``step`` (or :meth:`set_generator`), or :meth:`set_seed`; the
+            per-step noise and Brownian trees follow the program, and so do ``init_noise_sigma``, the timesteps fed
+            to the network and the schedule (see :meth:`set_timesteps`). The pipeline still draws the initial noise
+            itself, which is the program's noise when its generators are the program's: "comfyui" needs one CPU
+            generator seeded with the seed (diffusers' ``randn_tensor`` then draws ComfyUI's batch), "a1111" a list
+            of generators seeded ``seed + i``, one per image (CPU generators with ``noise_options={"rng": "cpu"}``,
+            generators on the pipeline's device for the default "gpu" source); a single generator is accepted for
+            a batch of one. The NV source and variation seeds need the initial noise drawn by
+            :func:`k_diffusing.seeding.initial_noise` (the K pipelines do it): :meth:`set_seed` is then required.
+            Latents are kept in VE units in these modes (no VP latents).
+        noise_options: the mode's options ("a1111": ``rng``, ``subseed``, ``subseed_strength``,
+            ``eta_noise_seed_delta``; "comfyui": none); others are refused.
         **base_config: the base scheduler's config (betas, spacing, prediction type, shift, ...).
     """
 
@@ -221,23 +254,25 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def __init__(self, base_scheduler: str | None = None, sampler: str | Callable | None = None,
                  sigma_schedule: str | None = None, sampler_kwargs: dict[str, Any] | None = None,
-                 quantize_timesteps: bool = False, check_finite: bool = False, **base_config):
+                 quantize_timesteps: bool | None = None, check_finite: bool = False, noise: str = "diffusers",
+                 noise_options: dict | None = None, **base_config):
         base_config = {k: v for k, v in base_config.items() if not k.startswith("_")}
         cls = _base_class(base_scheduler, base_config)
         self._set_base(cls.from_config(base_config), sampler, sigma_schedule, sampler_kwargs, quantize_timesteps,
-                       check_finite)
+                       check_finite, noise, noise_options)
 
     @classmethod
     def from_scheduler(cls, scheduler, sampler: str | Callable | None = None, sigma_schedule: str | None = None,
-                       sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool = False,
-                       check_finite: bool = False) -> "KScheduler":
+                       sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool | None = None,
+                       check_finite: bool = False, noise: str = "diffusers",
+                       noise_options: dict | None = None) -> "KScheduler":
         """A KScheduler around a scheduler object (a copy of it computes the schedule; its config need not carry
         ``_class_name``). From a KScheduler, its base is reused."""
         if isinstance(scheduler, KScheduler):
             scheduler = scheduler.base
         self = cls.__new__(cls)
         self._set_base(copy.deepcopy(scheduler), sampler, sigma_schedule, sampler_kwargs, quantize_timesteps,
-                       check_finite)
+                       check_finite, noise, noise_options)
         return self
 
     @classmethod
@@ -258,9 +293,11 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         scheduler = cls(**own, **base_config)
         return (scheduler, {}) if return_unused_kwargs else scheduler
 
-    def _set_base(self, base, sampler, sigma_schedule, sampler_kwargs, quantize_timesteps, check_finite):
+    def _set_base(self, base, sampler, sigma_schedule, sampler_kwargs, quantize_timesteps, check_finite,
+                  noise="diffusers", noise_options=None):
         if sampler_kwargs is not None and not isinstance(sampler_kwargs, dict):
             raise TypeError(f"sampler_kwargs must be a dict of sampler options, got {type(sampler_kwargs).__name__}")
+        self._mode = seeding.seed_mode(noise, noise_options)
         self.base = base
         self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) else VE
         if self.geometry is VE and base.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
@@ -268,8 +305,16 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                              "'epsilon', 'v_prediction' (discrete) or a flow-matching scheduler")
         if quantize_timesteps and self.geometry is FLOW:
             raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000")
+        if self._mode.name == "comfyui" and quantize_timesteps is False and self.geometry is VE:
+            raise ValueError("noise='comfyui' feeds the network ComfyUI's integer timesteps (the nearest table entry "
+                             "in log sigma); quantize_timesteps=False contradicts it: leave it None")
+        self._quantize = self.geometry is VE and (
+            bool(quantize_timesteps) if quantize_timesteps is not None else self._mode.name == "comfyui")
         self._function, self._spec, self._schedule, self._kwargs = pick_sampler(base, sampler, sigma_schedule,
                                                                                 sampler_kwargs)
+        self._sampler_id = _catalogue_name(sampler, self._spec, self._function)
+        if self._mode.seeded:
+            self._check_seeded(base)
         target = self._spec.function if self._spec is not None else self._function
         if any(target is get_sampler(name).function for name in UNPLANNABLE):
             raise ValueError(
@@ -280,9 +325,13 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         config = {k: v for k, v in base.config.items() if not k.startswith("_") and k not in OWN_KEYS}
         base_name = type(base).__name__ if hasattr(diffusers, type(base).__name__) else known_class(base)
         self.register_to_config(**config, base_scheduler=base_name, sampler=sampler, sigma_schedule=sigma_schedule,
-                                sampler_kwargs=dict(sampler_kwargs or {}), quantize_timesteps=bool(quantize_timesteps),
-                                check_finite=bool(check_finite))
+                                sampler_kwargs=dict(sampler_kwargs or {}),
+                                quantize_timesteps=None if quantize_timesteps is None else bool(quantize_timesteps),
+                                check_finite=bool(check_finite), noise=self._mode.name,
+                                noise_options=dict(self._mode.options))
         self._generator = None
+        self._seed = None
+        self._noise_layout = None
         self._guidance = None
         self.timesteps = None
         self.sigmas = None
@@ -291,6 +340,38 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._vp = False
         self._plans: dict[tuple, CallPlan] = {}
         self._reset()
+
+    def _check_seeded(self, base) -> None:
+        """The seed modes choose the sampler's noise themselves: an explicit ``noise_sampler`` (a second source) and
+        stochastic samplers that take none are refused."""
+        if "noise_sampler" in self._kwargs:
+            raise ValueError(f"sampler_kwargs noise_sampler and noise={self._mode.name!r} both choose the sampler's "
+                             "noise; pass one")
+        stochastic = self._spec.stochastic if self._spec is not None else True
+        if stochastic and not takes(self._function, "noise_sampler"):
+            raise ValueError(f"{self._sampler_name()} takes no noise_sampler, so noise={self._mode.name!r} cannot "
+                             "give it the program's noise")
+
+    @property
+    def noise_mode(self) -> seeding.SeedMode:
+        """The checked seed mode (``noise`` and ``noise_options``)."""
+        return self._mode
+
+    def set_seed(self, seed) -> None:
+        """The seed(s) of the seed mode, in place of the generators' ``initial_seed()``: "comfyui" one int for the
+        batch; "a1111" an int (image ``i`` gets A1111's ``seed + i``, or ``seed`` with a variation strength) or one
+        per image. ``None`` goes back to the generators. Required for the NV source and variation seeds, whose
+        initial noise the caller draws with :func:`k_diffusing.seeding.initial_noise`."""
+        if seed is not None and not self._mode.seeded:
+            raise ValueError("set_seed applies to noise='comfyui' or 'a1111'; noise='diffusers' uses the generators")
+        self._seed = None if seed is None else seeding.check_seeds(seed)
+
+    def set_noise_layout(self, shape, pack: Callable | None = None) -> None:
+        """The shape the seed modes draw the sampler's noise in (the batch's unpacked latent shape) and ``pack``,
+        which maps a draw to the loop's latent layout: FLUX draws (B, C, H, W) and packs it with the pipeline's
+        ``_pack_latents``, as ComfyUI and Forge draw unpacked latents (the K FLUX pipelines set this). ``None``:
+        the latents' own shape."""
+        self._noise_layout = None if shape is None else (tuple(shape), pack)
 
     # --- the schedule ------------------------------------------------------------------------------------------
 
@@ -306,29 +387,47 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._reset()
         if timesteps is not None and sigmas is not None:
             raise ValueError("Only one of `timesteps` or `sigmas` can be passed")
+        if self._mode.draws_own_initial_noise and self._seed is None:
+            raise ValueError(
+                f"noise_options {self._mode.options} need the initial noise drawn by k_diffusing.seeding."
+                "initial_noise (a pipeline's generators cannot draw the NV source or variation seeds): use the K "
+                "pipelines (noise='a1111', seed=...), or pass those latents and call scheduler.set_seed(seed)")
         own = None
-        if self._schedule is not None:
+        schedule = self._program_schedule()
+        # ComfyUI's KSampler and A1111 compute some samplers' schedules for steps + 1 and drop the second-to-last
+        # sigma (seeding.DISCARD_PENULTIMATE); only schedules made from a step count, not custom ones
+        discard = seeding.discards_penultimate(self._mode, _rule_name(self._sampler_id))
+        if schedule is not None:
             if timesteps is not None or (sigmas is not None and not _is_uniform_flow_default(sigmas)):
                 raise ValueError(f"custom {'timesteps' if timesteps is not None else 'sigmas'} and "
-                                 f"sigma_schedule={self._schedule!r} both choose the schedule; pass one")
+                                 f"sigma_schedule={schedule!r} both choose the schedule; pass one")
             steps = check_steps(len(sigmas) if sigmas is not None else num_inference_steps)
-            k_sigmas = self._named_schedule(steps, mu)
+            k_sigmas = self._named_schedule(steps + discard, mu, schedule)
             known = None
         else:
             if sigmas is not None and not takes(self.base.set_timesteps, "sigmas") and _is_uniform_flow_default(sigmas):
                 num_inference_steps, sigmas = len(sigmas), None  # FluxPipeline's default sigmas, FlowMatchHeun
             if timesteps is None and sigmas is None:
-                num_inference_steps = check_steps(num_inference_steps)
+                num_inference_steps = check_steps(num_inference_steps) + discard
             elif sigmas is not None and len(sigmas) > 1:  # one sigma: a one-step FLUX run, the base appends 0
                 check_sigmas(sigmas, self.geometry)
+            if discard and sigmas is not None and _is_uniform_flow_default(sigmas):
+                sigmas = np.linspace(1.0, 1 / (len(sigmas) + 1), len(sigmas) + 1)  # the FLUX pipelines' rule
+            else:
+                discard = discard and timesteps is None and sigmas is None
             own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu))  # our own copy
             k_sigmas, known = own.sigmas, own.known
+        if discard:
+            k_sigmas = seeding.drop_penultimate(k_sigmas)
         check_sigmas(k_sigmas, self.geometry)
         self._k_sigmas = k_sigmas.tolist()
         self._own = own
         # VP latents x / sqrt(sigma^2 + 1), as the base keeps them (DDIM, DPM-Solver, UniPC, DEIS on their own
-        # schedule): the loop then holds what the native scheduler would, also above sigma = 0 (denoising_end)
-        self._vp = self.geometry is VE and own is not None and own.vp_latents
+        # schedule): the loop then holds what the native scheduler would, also above sigma = 0 (denoising_end).
+        # The seed modes keep VE latents (the programs' x) and feed the network the program's timestep (no pairs).
+        self._vp = self.geometry is VE and own is not None and own.vp_latents and not self._mode.seeded
+        if self._mode.seeded:
+            known = None
         self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
         self._bridge = self._timestep_map(known)
         self._plan = self._plan_for(self._k_sigmas)
@@ -365,24 +464,42 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             self._plans[key] = plan_calls(self._function, self._kwargs, sigmas, self.geometry)
         return self._plans[key]
 
-    def _named_schedule(self, steps: int, mu: float | None) -> torch.Tensor:
+    def _named_schedule(self, steps: int, mu: float | None, schedule: str) -> torch.Tensor:
         config = self.base.config
         if self.geometry is FLOW:
             table = flow_sigma_table(flow_shift(self.base, mu), config.num_train_timesteps)
-            sigmas = get_sigmas(self._schedule, steps, sigma_table=table)
-            check_schedule_fits(sigmas, self._schedule, FLOW.sigma_max,
-                                "a flow model (x = (1 - sigma) x0 + sigma eps)")
+            sigmas = get_sigmas(schedule, steps, sigma_table=table)
+            check_schedule_fits(sigmas, schedule, FLOW.sigma_max, "a flow model (x = (1 - sigma) x0 + sigma eps)")
         else:
             table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())
-            sigmas = get_sigmas(self._schedule, steps, sigma_table=table)
-            check_schedule_fits(sigmas, self._schedule, float(table[-1]), "the model's sigma table")
+            sigmas = get_sigmas(schedule, steps, sigma_table=table)
+            check_schedule_fits(sigmas, schedule, float(table[-1]), "the model's sigma table")
         return sigmas
+
+    def _program_schedule(self) -> str | None:
+        """The named schedule of the run: ``sigma_schedule``; in the seed modes, a discrete base configured with
+        Karras or exponential sigmas gets the catalogue schedule over the model's table, whose range is the table's
+        ends as in ComfyUI (``calculate_sigmas``: ``model_sampling.sigma_min / sigma_max``) and A1111
+        (``get_sigmas``: ``model_wrap.sigmas[0] / [-1]``); diffusers' own spans only the spaced timesteps."""
+        if self._schedule is not None or not self._mode.seeded or self.geometry is FLOW:
+            return self._schedule
+        config = self.base.config
+        if config.get("use_karras_sigmas", False):
+            return "karras"
+        if config.get("use_exponential_sigmas", False):
+            return "exponential"
+        return None
 
     def _initial_scale(self, own, sigma_0: float) -> float:
         """What the pipeline multiplies unit initial noise by: flow 1 (the state at sigma_0 is the noise itself);
         discrete, the base scheduler's own ``init_noise_sigma`` on its own schedule (exact parity, e.g.
         ``sqrt(sigma^2 + 1)`` for 'leading' spacing, 1 for VP latents), else the first sigma (k-diffusion's
-        convention)."""
+        convention). The seed modes: the program's rule (:func:`seeding.initial_scale`); FLUX-family pipelines do
+        not apply it (their schedules start at sigma 1, where ComfyUI's ``sigma_0 * noise`` is the noise).
+        """
+        if self._mode.seeded:
+            top = None if self.geometry is FLOW else float(sigmas_from_alphas_cumprod(self.base.alphas_cumprod)[-1])
+            return seeding.initial_scale(self._mode, sigma_0, top, flow=self.geometry is FLOW)
         if self.geometry is FLOW:
             return 1.0
         if own is None:
@@ -393,7 +510,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         """A bridge denoiser used only for its sigma -> timestep rule (``host_t``)."""
         if self.geometry is FLOW:
             return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
-        mode = "quantized" if self.config.quantize_timesteps else "continuous"
+        mode = "quantized" if self._quantize else "continuous"
         return DiscreteDenoiser(None, self.base.alphas_cumprod, self.base.config.prediction_type, mode, known)
 
     @property
@@ -530,18 +647,61 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         """The loop's latents (in ``dtype``) from the sampler's state at ``sigma``."""
         return (x / math.sqrt(sigma**2 + 1) if self._vp else x).to(dtype)
 
+    def _mode_seeds(self, batch: int, generator, device: torch.device):
+        """The seed mode's seed(s): :meth:`set_seed`'s, else the generators' ``initial_seed()``, which must be the
+        generators the program's initial noise needs (see the class docstring)."""
+        if self._seed is not None:
+            return seeding.batch_seeds(self._mode, self._seed, batch)
+        mode = self._mode.name
+        if generator is None:
+            raise ValueError(f"noise={mode!r} takes its seed from the generator the pipeline passes, and this "
+                             "pipeline passed none: call scheduler.set_generator(generator) or scheduler.set_seed(seed)")
+        generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+        if mode == "comfyui":
+            if len(generators) != 1 or generators[0].device.type != "cpu":
+                raise ValueError("noise='comfyui' draws the whole batch's initial noise on the CPU from one seed: pass "
+                                 "one torch.Generator('cpu') seeded with it")
+            return generators[0].initial_seed()
+        if len(generators) != batch:
+            raise ValueError(f"noise='a1111' gives each image its own seed: pass a list of {batch} generators seeded "
+                             "seed + i (one per image), or use the K pipelines' seed=")
+        want = "cpu" if self._mode.rng == "cpu" else device.type
+        wrong = [g.device.type for g in generators if g.device.type != want]
+        if wrong:
+            raise ValueError(f"noise='a1111' with rng={self._mode.rng!r} needs generators on {want} (they draw the "
+                             f"initial noise), got generators on {wrong[0]}; pass noise_options rng="
+                             f"{'cpu' if wrong[0] == 'cpu' else 'gpu'!r} or move the generators")
+        return [g.initial_seed() for g in generators]
+
+    def _mode_noise(self, sample: torch.Tensor, generator, run_sigmas: list[float]):
+        """The seed mode's noise sampler for a run over ``run_sigmas`` (:func:`seeding.noise_sampler`)."""
+        shape, pack = self._noise_layout if self._noise_layout is not None else (tuple(sample.shape), None)
+        if math.prod(shape) != sample.numel() or shape[0] != sample.shape[0]:
+            raise ValueError(f"set_noise_layout shape {shape} does not fit the latents {tuple(sample.shape)}")
+        name = _rule_name(self._sampler_id)
+        brownian = name in seeding.BROWNIAN_SAMPLERS and self._kwargs.get("brownian", True)
+        seeds = self._mode_seeds(shape[0], generator, sample.device)
+        return seeding.noise_sampler(self._mode, seeds, shape, sample.device, run_sigmas, brownian=brownian,
+                                     on_device_tree=(self._sampler_id or "").endswith("_gpu"), pack=pack,
+                                     full_sigmas=self._k_sigmas)
+
     def _start(self, sample: torch.Tensor, generator) -> _Call:
         step = self._begin_step(self._step_index)
         kwargs = dict(self._kwargs)
         sigmas = self._k_sigmas[step:]
         generator = generator if generator is not None else self._generator
-        if takes(self._function, "generator"):
+        if self._mode.seeded:
+            if takes(self._function, "noise_sampler"):
+                kwargs["noise_sampler"] = self._mode_noise(sample, generator, sigmas)
+                kwargs.pop("brownian", None)  # the mode's noise sampler already is a tree or independent draws
+        elif takes(self._function, "generator"):
             kwargs.setdefault("generator", generator)
         if self.config.sampler is None and self._own is not None and "noise_sampler" not in kwargs:
             own_noise = brownian_noise_for(self.base, sample, self._own.sigmas.to(torch.float32))
             if own_noise is not None:
                 kwargs["noise_sampler"] = own_noise
-        if generator is None and "noise_sampler" not in kwargs and (self._spec is None or self._spec.stochastic):
+        if (generator is None and "noise_sampler" not in kwargs and not self._mode.seeded
+                and (self._spec is None or self._spec.stochastic)):
             logger.warning("KScheduler: %s draws its noise from torch's global RNG (the pipeline passed no "
                            "generator to step); call scheduler.set_generator(g) for reproducible noise",
                            self._sampler_name())

@@ -602,7 +602,8 @@ def test_call_accepts_every_parent_parameter_with_the_same_default():
         assert ours[name].kind == param.kind, name
         assert ours[name].default == param.default, name
     assert [n for n in ours if n in parent] == list(parent)  # same order: positional calls mean the same
-    assert [n for n in ours if n not in parent] == ["sampler", "sigma_schedule", "sampler_kwargs", "check_finite"]
+    assert [n for n in ours if n not in parent] == ["sampler", "sigma_schedule", "sampler_kwargs", "check_finite",
+                                                     "noise", "seed", "noise_options"]
     assert all(ours[n].default is None for n in ("sampler", "sigma_schedule", "sampler_kwargs"))
     assert k_diffusing.KFluxPipeline is KFluxPipeline and issubclass(KFluxPipeline, FluxPipeline)
 

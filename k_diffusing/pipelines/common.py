@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import seeding
 from ..geometry import Geometry
 from ..scheduler import KScheduler
 from .checks import check_latents, check_sigmas, check_steps
@@ -96,6 +97,38 @@ def _true_cfg_source(capture: _Capture, scale: float):
 TRUE_CFG_RUN_SCALE = 2.0
 
 
+def _check_seed_arguments(mode: seeding.SeedMode, seed, call: dict) -> None:
+    """One seed source per call: ``seed`` with the program modes, ``generator`` with "diffusers"; the program modes
+    draw the initial noise, so user ``latents`` are refused with them."""
+    if not mode.seeded:
+        if seed is not None:
+            raise ValueError("seed= applies to noise='comfyui' or noise='a1111'; with noise='diffusers' pass "
+                             "generator=torch.Generator().manual_seed(seed)")
+        return
+    if call.get("generator") is not None:
+        raise ValueError(f"noise={mode.name!r} takes seed=, not generator= (two seed sources): pass seed=<int>")
+    if seed is None:
+        each = ", or a list with one per image" if mode.name == "a1111" else ""
+        raise ValueError(f"noise={mode.name!r} needs seed= (an int{each})")
+    seeding.check_seeds(seed)
+    if call.get("latents") is not None:
+        raise ValueError(f"noise={mode.name!r} draws the initial noise from seed=; latents= would replace it: pass "
+                         "one or the other")
+
+
+def _keywords(bound: inspect.BoundArguments) -> dict:
+    """The bound call as keyword arguments (the parent's ``**kwargs`` spread out)."""
+    out = {}
+    for name, value in bound.arguments.items():
+        if name == "self":
+            continue
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
 class SavesAsParent:
     """Mixin for the K pipelines: ``save_pretrained`` is the parent's, with ``model_index.json`` naming the diffusers
     parent class, so plain ``diffusers.DiffusionPipeline.from_pretrained`` loads the folder (the K class's own
@@ -121,21 +154,35 @@ class KPipelineMixin(SavesAsParent):
     last schedule.
 
     Text-to-image subclasses give ``latent_shape(images, height, width) -> (shape, axes)`` for the check of user
-    ``latents``.
+    ``latents``, and ``noise_layout(images, height, width) -> (shape, pack)`` for the seed modes: the shape the
+    programs draw the initial noise in and the function that brings it to the pipeline's latents (FLUX packs).
+
+    Seed modes (``noise="comfyui"`` / ``"a1111"`` with ``seed=``, :mod:`k_diffusing.seeding`): text-to-image K
+    pipelines draw the initial noise themselves by the program's rules and pass it as ``latents``; the other K
+    pipelines give the parent the generators whose ``randn_tensor`` draws the program's noise (one CPU generator for
+    ComfyUI, one per image for A1111's CPU and GPU sources; the NV source and variation seeds are refused there).
+    The KScheduler gets the seed(s) (``set_seed``) and draws the per-step noise and Brownian trees by the same rules.
+    A loaded KScheduler is not used as it is in these modes (a fresh one carries the mode).
     """
 
-    def k_call(self, args: tuple, kwargs: dict, **options):
+    def k_call(self, args: tuple, kwargs: dict, noise: str = "diffusers", seed=None, noise_options: dict | None = None,
+               **options):
         """Check the call, then run the parent's ``__call__(*args, **kwargs)`` with the KScheduler ``options``
-        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe."""
+        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe, in the seed mode ``noise``."""
+        mode = seeding.seed_mode(noise, noise_options)
         bound = _parent_signature(diffusers_parent(type(self))).bind(self, *args, **kwargs)
         bound.apply_defaults()
         call = bound.arguments
-        if isinstance(self.scheduler, KScheduler) and not any(options.values()):
+        _check_seed_arguments(mode, seed, call)
+        if isinstance(self.scheduler, KScheduler) and not any(options.values()) and not mode.seeded:
             scheduler = self.scheduler
         else:
-            scheduler = KScheduler.from_scheduler(self.scheduler, **options)
+            scheduler = KScheduler.from_scheduler(self.scheduler, **options, noise=mode.name,
+                                                  noise_options=noise_options)
         self._check_call(call, scheduler.geometry)
-        if call["generator"] is not None:
+        if mode.seeded:
+            args, kwargs = (), self._seeded_call(bound, mode, seed, scheduler)
+        elif call["generator"] is not None:
             scheduler.set_generator(call["generator"])
         hook = None
         if scheduler.needs_uncond:
@@ -185,6 +232,36 @@ class KPipelineMixin(SavesAsParent):
                              f"{parent.__name__} does not compute; use it with a pipeline that has classifier-free "
                              "guidance (KSDXLPipeline, KFluxPipeline with a negative prompt, ...)")
         return network.register_forward_hook(capture), kwargs
+
+    def _seeded_call(self, bound: inspect.BoundArguments, mode: seeding.SeedMode, seed, scheduler: KScheduler) -> dict:
+        """The parent's call arguments (all by keyword) with the seed mode's initial noise: ``latents`` drawn here
+        (text-to-image), or the generators that draw it; the scheduler gets the seed(s) and the noise layout."""
+        call = _keywords(bound)
+        images = _images(call)
+        if images is None:
+            raise ValueError(f"noise={mode.name!r} needs the number of images: pass prompt (a string or a list) or "
+                             "prompt_embeds")
+        seeds = seeding.batch_seeds(mode, seed, images)
+        device = self._execution_device
+        layout = getattr(self, "noise_layout", None)
+        if layout is not None:
+            height = call["height"] or self.default_sample_size * self.vae_scale_factor
+            width = call["width"] or self.default_sample_size * self.vae_scale_factor
+            shape, pack = layout(images, int(height), int(width))
+            noise = seeding.initial_noise(mode, seed, shape, device)
+            call["latents"] = noise if pack is None else pack(noise)
+            scheduler.set_noise_layout(shape, pack)
+        elif mode.draws_own_initial_noise:
+            raise ValueError(f"noise_options {mode.options} (the NV source, variation seeds) need the initial noise "
+                             f"drawn by k_diffusing.seeding, which {type(self).__name__} does not take as latents; "
+                             "use KSDXLPipeline or KFluxPipeline")
+        elif mode.name == "comfyui":
+            call["generator"] = torch.Generator("cpu").manual_seed(seeds)
+        else:
+            where = "cpu" if mode.rng == "cpu" else device
+            call["generator"] = [torch.Generator(where).manual_seed(s) for s in seeds]
+        scheduler.set_seed(seeds)
+        return call
 
     def _check_call(self, call: dict, geometry: Geometry) -> None:
         """The refusals the parent would make late (after encoding the prompt) or not at all: nonzero ``eta`` (a DDIM

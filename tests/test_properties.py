@@ -217,8 +217,32 @@ def test_linear_quadratic(n, sigma_max, threshold):
     assert sigmas[0].item() == sigma_max
 
 
+@settings(PROPERTY, max_examples=40)
+@given(n=st.integers(2, 200), coeff=st.sampled_from(sorted(S.GITS_STEPS)))
+def test_gits(n, coeff):
+    sigmas = S.get_sigmas("gits", n, coeff=coeff / 100)
+    check_contract(sigmas, "gits", n, S.GITS_GRID_SIGMAS[100], S.GITS_GRID_SIGMAS[0] * (1 + 1e-12), strict=True)
+
+
+@settings(PROPERTY, max_examples=40)
+@given(n=st.integers(3, 200), model=st.sampled_from(sorted(S.OPTIMAL_STEPS_SIGMAS)))
+def test_optimal_steps(n, model):
+    published = S.OPTIMAL_STEPS_SIGMAS[model]
+    sigmas = S.get_sigmas("optimal_steps", n, model=model)
+    check_contract(sigmas, "optimal_steps", n, published[-1], published[0] * (1 + 1e-12), strict=True)
+
+
+@settings(PROPERTY, max_examples=40)
+@given(n=steps, tokens=st.integers(1, 50000), terminal=st.floats(0.01, 0.9), stretch=st.booleans())
+def test_ltxv(n, tokens, terminal, stretch):
+    sigmas = S.get_sigmas("ltxv", n, tokens=tokens, terminal=terminal, stretch=stretch)
+    check_contract(sigmas, "ltxv", n, 0.0, 1.0, strict=True)
+    assert sigmas[0].item() == 1.0
+
+
 def test_every_schedule_is_covered():
     covered = set(RANGE_SCHEDULES) | set(TABLE_SCHEDULES) | {"align_your_steps", "vp", "linear_quadratic"}
+    covered |= {"gits", "optimal_steps", "ltxv"}
     assert covered == set(S.SCHEDULES)
 
 

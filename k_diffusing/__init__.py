@@ -8,6 +8,8 @@ and scipy; the pipelines import diffusers when first used.
 from .geometry import FLOW, VE, FlowMatching, Geometry, VarianceExploding
 from .guidance import CFGDenoiser
 from .registry import SamplerSpec, get_sampler, list_samplers, resolve_sampler
+from . import seeding
+from .seeding import NOISE_MODES, SeedMode
 
 __version__ = "0.1.0"
 
@@ -42,4 +44,7 @@ __all__ = [
     "get_sampler",
     "list_samplers",
     "resolve_sampler",
+    "NOISE_MODES",
+    "SeedMode",
+    "seeding",
 ]

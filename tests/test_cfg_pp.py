@@ -32,7 +32,23 @@ UNCOND = (-0.3, 1.0)
 GUIDANCE = 0.6
 
 
+# ComfyUI's KSampler sampler names (comfy/samplers.py: KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"], 2025).
+COMFYUI_SAMPLERS = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "exp_heun_2_x0",
+    "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
+    "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+]
+
+
 def test_every_comfyui_name_resolves():
+    shown = {name for s in list_samplers() for name in (s.name, *s.aliases)}
+    assert set(COMFYUI_SAMPLERS) <= shown
+    for name in COMFYUI_SAMPLERS:
+        resolve_sampler(name)
     listed = {s.name for s in list_samplers()}
     assert set(CFG_PP) <= listed
     assert all(get_sampler(name).needs_uncond for name in CFG_PP)

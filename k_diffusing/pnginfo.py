@@ -165,6 +165,10 @@ def _a1111_prompt(text: str, which: str, not_honoured: list[str]) -> str:
     return text
 
 
+def _short(value: str, limit: int = 60) -> str:
+    return value if len(value) <= limit else value[:limit - 3] + "..."
+
+
 def _a1111_source(version: str | None) -> str:
     if version is None:
         return "A1111-format (no Version)"
@@ -290,7 +294,7 @@ def parse_a1111(text: str, kind: str) -> Reading:
     hires = [k for k in pairs if k.startswith("Hires ") or k == "First pass size"]
     if hires:
         used |= {*hires, "Denoising strength"}
-        shown = ", ".join(f"{k}: {pairs[k]}" for k in [*hires, "Denoising strength"] if k in pairs)
+        shown = ", ".join(f"{k}: {_short(pairs[k])}" for k in [*hires, "Denoising strength"] if k in pairs)
         not_honoured.append(f"hires fix ({shown}): the second pass is not run; --best-effort renders the first "
                             f"pass at {width}x{height}")
     adetailer = [k for k in pairs if k.startswith("ADetailer")]
@@ -313,9 +317,9 @@ def parse_a1111(text: str, kind: str) -> Reading:
             if _float(pairs, key) != 1.0:
                 not_honoured.append(f"Eta: {value} (generate runs the sampler's default eta, 1)")
         elif key in _UNSUPPORTED:
-            not_honoured.append(f"{key}: {value} ({_UNSUPPORTED[key]})")
+            not_honoured.append(f"{key}: {_short(value)} ({_UNSUPPORTED[key]})")
         else:
-            not_honoured.append(f"{key}: {value} (a setting generate does not know)")
+            not_honoured.append(f"{key}: {_short(value)} (a setting generate does not know)")
     for key in ("VAE", "Diffusion in Low Bits", *sorted(k for k in pairs if re.fullmatch(r"Module \d+", k))):
         if key in pairs:
             notes.append(f"{key}: {pairs[key]} (recorded; the run uses --model's components and --dtype)")
@@ -376,7 +380,7 @@ class _Graph:
     def __init__(self, graph: dict):
         self.graph = graph
         self.findings: dict[str, str] = {}  # node id -> finding (one per node)
-        self.notes: list[str] = []
+        self.notes: dict[str, str] = {}  # node id -> note (one per node)
         self.model: str | None = None
 
     def label(self, node_id: str) -> str:
@@ -445,7 +449,8 @@ class _Graph:
                 return
             if kind in _CLIP_LOADERS:
                 names = [str(v) for k, v in sorted(node["inputs"].items()) if k.startswith("clip_name")]
-                self.notes.append(f"text encoders {', '.join(names)} (recorded; the run uses --model's)")
+                self.notes.setdefault(node_id, f"text encoders {', '.join(names)} (recorded; the run uses "
+                                               "--model's)")
                 return
             if kind == "CLIPSetLastLayer":
                 layer = self.literal(node_id, "stop_at_clip_layer")
@@ -520,8 +525,8 @@ class _Graph:
                 if vae is not None:
                     vae_id, vae_node, _ = self.follow(vae, "vae")
                     if vae_node["class_type"] == "VAELoader":
-                        self.notes.append(f"VAE {vae_node['inputs'].get('vae_name')!r} (recorded; the run uses "
-                                          "--model's)")
+                        self.notes.setdefault(vae_id, f"VAE {vae_node['inputs'].get('vae_name')!r} (recorded; the "
+                                                      "run uses --model's)")
                     elif vae_node["class_type"] not in _CHECKPOINTS:
                         self.flag(vae_id, f"provides the VAE ({self.settings(vae_id)}); not run")
                 link = self.link(node_id, "samples")
@@ -679,7 +684,7 @@ def parse_comfyui(text: str, kind: str) -> Reading:
     for output_id in outputs:
         g.walk_output(sampler_id, output_id)
     not_honoured += list(g.findings.values())
-    return Reading("ComfyUI", values, not_honoured, notes + g.notes, g.model)
+    return Reading("ComfyUI", values, not_honoured, notes + list(g.notes.values()), g.model)
 
 
 # --- files --------------------------------------------------------------------------------------------------------
@@ -811,11 +816,11 @@ def from_png_jobs(arguments: list[Path], kind: str, model: str, best_effort: boo
                          "not loaded)")
         try:
             checked = check_job_values(values, str(path))
+            job = Job(index=index, model=model, **{**{k: None for k in JOB_KEYS}, **checked})
         except JobError as error:
-            _say(f"error: {error}")
+            _say(f"error: {error}" if str(path) in str(error) else f"error: {path}: {error}")
             plan.refused += 1
             continue
-        job = Job(index=index, model=model, **{**{k: None for k in JOB_KEYS}, **checked})
         _say(f"{path}: {reading.source} -> {_describe(job)}")
         for finding in not_honoured:
             _say(f"  not honoured: {finding}")

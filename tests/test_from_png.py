@@ -3,6 +3,7 @@ ComfyUI API graphs (samples written here from their documented formats) read int
 cannot be honoured listed, and bad or foreign files refused one by one with nothing half-written."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,16 +43,16 @@ FORGE_FLUX = (
     "Version: f2.0.1v1.10.1-previous-313-g8a042934, Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16")
 
 
-def comfy_graph(sampler=None, lora=False, second_sampler=False):
+def comfy_graph(sampler=None, lora=False, second_sampler=False, size=(1024, 768), steps=20):
     """ComfyUI's default text-to-image graph in API format (node id -> class_type, inputs; links as [id, output])."""
     graph = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 768, "batch_size": 1}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size[0], "height": size[1], "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk, oil painting",
                                                          "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["4", 1]}},
         "3": {"class_type": "KSampler", "inputs": {
-            "seed": 156680208700286, "steps": 20, "cfg": 8.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+            "seed": 156680208700286, "steps": steps, "cfg": 8.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
             "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
             "latent_image": ["5", 0]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
@@ -253,6 +254,10 @@ def test_comfyui_flux_graph():
                               "guidance_scale": 2.5, "sampler": "euler", "schedule": "simple", "width": 1024,
                               "height": 1024, "noise": "comfyui"}
     assert reading.not_honoured == [] and reading.model == "flux1-dev.safetensors"
+    assert len(reading.notes) == 2 and has(reading.notes, "t5xxl_fp16") and has(reading.notes, "ae.safetensors")
+    default = flux_graph()
+    default["3"]["inputs"]["positive"] = ["6", 0]  # no FluxGuidance: ComfyUI's FLUX default guidance
+    assert parse_comfyui(json.dumps(default), "flux").values["guidance_scale"] == 3.5
     as_sdxl = parse_comfyui(json.dumps(flux_graph()), "sdxl")
     assert has(as_sdxl.not_honoured, "FluxGuidance 2.5")
 
@@ -287,15 +292,20 @@ def bad_files(folder: Path) -> dict[str, str]:
     write_png(folder / "two-samplers.png", prompt=comfy_graph(second_sampler=True))
     write_png(folder / "not-json.png", prompt="{'3': nope")
     write_png(folder / "invoke.png", invokeai_metadata="{}")
+    huge_seed = comfy_graph(size=(32, 32), steps=2)
+    huge_seed["3"]["inputs"]["seed"] = 2**64 - 1  # ComfyUI's largest
+    write_png(folder / "huge-seed.png", prompt=huge_seed)
     return {"notes.png": "not a PNG", "photo.png": "a JPEG file, not a PNG", "bare.png": "it has no text chunks",
             "malformed.png": "Steps: 'many' is not a whole number", "prompt-only.png": "no settings line",
             "two-samplers.png": "2 sampler nodes", "not-json.png": "not JSON",
-            "invoke.png": "its text chunks: invokeai_metadata"}
+            "invoke.png": "its text chunks: invokeai_metadata", "huge-seed.png": "'seed' must be in [0, 2**63)"}
 
 
 def test_bad_and_foreign_files_get_a_clear_error(tmp_path):
     for name, message in bad_files(tmp_path).items():
-        with pytest.raises(PngInfoError, match=message):
+        if name == "huge-seed.png":  # read, then refused by generate's job check (see the command-line test)
+            continue
+        with pytest.raises(PngInfoError, match=re.escape(message)):
             read_png(tmp_path / name, "sdxl")
 
 
@@ -308,6 +318,14 @@ JOBS = [
      "guidance_scale": 3},
     {"prompt": "a large white triangle in the center, green background", "sampler": "Euler a", "steps": 2},
 ]
+
+
+# Our own files keep the seed mode they were made with (once generate has seed modes).
+SEED_MODE_JOBS = [
+    {"prompt": "a red circle", "seed": 3, "sampler": "Euler a", "noise": "a1111", "rng": "cpu", "subseed": 7,
+     "subseed_strength": 0.25, "eta_noise_seed_delta": 31337},
+    {"prompt": "a blue square", "sampler": "dpmpp_2m", "schedule": "karras", "noise": "comfyui"},
+] if "noise" in JOB_KEYS else []
 
 
 def _generate(tmp_path: Path, out: Path, *options) -> int:
@@ -327,20 +345,21 @@ def _manifest(folder: Path) -> list[dict]:
 @pytest.mark.parametrize("kind", ["sdxl", "flux"])
 def test_round_trip_of_our_own_output_is_byte_identical(tmp_path, capsys, kind):
     first, again = tmp_path / "first", tmp_path / "again"
-    jobs = JOBS if kind == "sdxl" else [{**j, "negative_prompt": ""} for j in JOBS]
+    jobs = JOBS + SEED_MODE_JOBS if kind == "sdxl" else [{**j, "negative_prompt": ""} for j in JOBS]
+    n = len(jobs)
     (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(j) + "\n" for j in jobs))
     assert main([str(tmp_path / "jobs.jsonl"), "--out", str(first), "--steps", "3", "--kind", kind]) == 0
     capsys.readouterr()
     assert main(["--from-png", str(first), "--out", str(again), "--kind", kind]) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
-    assert "not honoured" not in err and f"3 jobs: 3 rendered" in err
-    assert _pngs(again) == _pngs(first) and len(_pngs(first)) == 3  # same names, same bytes
+    assert "not honoured" not in err and f"{n} jobs: {n} rendered" in err
+    assert _pngs(again) == _pngs(first) and len(_pngs(first)) == n  # same names, same bytes
     records = _manifest(again)
     assert [r["parameters"] for r in records] == [r["parameters"] for r in _manifest(first)]
     assert all(r["from_png"].endswith(r["file"]) and "not_honoured" not in r for r in records)
     # resume: a rerun renders nothing
     assert main(["--from-png", str(first), "--out", str(again), "--kind", kind]) == 0
-    assert "3 jobs: 0 rendered, 3 already there" in capsys.readouterr().err
+    assert f"{n} jobs: 0 rendered, {n} already there" in capsys.readouterr().err
 
 
 def test_bad_files_are_refused_one_by_one_and_the_rest_is_rendered(tmp_path, capsys):
@@ -369,7 +388,7 @@ def test_bad_files_are_refused_one_by_one_and_the_rest_is_rendered(tmp_path, cap
 
 def test_settings_not_honoured_refuse_the_file_unless_best_effort(tmp_path, capsys):
     lora = write_png(tmp_path / "lora-hires.png", parameters=A1111_LORA_HIRES)
-    comfy = write_png(tmp_path / "comfy-lora.png", prompt=comfy_graph(lora=True))
+    comfy = write_png(tmp_path / "comfy-lora.png", prompt=comfy_graph(lora=True, size=(32, 32), steps=2))
     out = tmp_path / "out"
     assert main(["--from-png", str(lora), str(comfy), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -145,6 +145,9 @@ _UNSUPPORTED = {
     "Refiner": "a refiner model for the last steps (not run)",
     "Refiner switch at": "a refiner model for the last steps (not run)",
 }
+# A1111's timestep samplers (modules/sd_samplers_timesteps.py): DDIM, DDIM CFG++, PLMS and UniPC run on A1111's own
+# timestep grid, not on a sigma schedule, so no catalogue sampler and schedule reproduces them.
+_A1111_TIMESTEP_SAMPLERS = {"ddim", "ddim cfg++", "plms", "unipc"}
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network tags: <lora:name:weight>, <hypernet:...>
 
 
@@ -194,8 +197,9 @@ def parse_a1111(text: str, kind: str) -> Reading:
     "Uniform"), ``CFG scale`` (SDXL) / ``Distilled CFG Scale`` (Forge FLUX), ``Seed``, ``Size``; the seed mode
     ``noise="a1111"`` with ``RNG`` (default "GPU"), ``Variation seed`` / ``Variation seed strength``, ``ENSD`` (or
     ``Eta noise seed delta``). Recorded: ``Model``, ``Model hash``, ``VAE``, ``Version``, Forge's ``Module N``. Every
-    other setting is a finding (hires fix, LoRA tags and hashes, ``Clip skip`` above 1, ``Eta`` other than 1, ADetailer,
-    refiner, custom sigma ranges, unknown keys ...)."""
+    other setting is a finding: hires fix, LoRA tags and hashes, emphasis brackets, ``Clip skip`` above 1, ``Eta``
+    other than 1, A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC), its Beta schedule (sigma-spaced, the
+    catalogue's is ComfyUI's timestep-spaced one), ADetailer, refiner, custom sigma ranges, unknown keys ..."""
     from .registry import A1111_SCHEDULES, resolve_sampler
 
     prompt, negative, pairs = split_parameters(text)
@@ -216,6 +220,13 @@ def parse_a1111(text: str, kind: str) -> Reading:
     try:
         spec, implied = resolve_sampler(sampler_name)
     except ValueError:
+        spec = None
+    if sampler_name.strip().lower() in _A1111_TIMESTEP_SAMPLERS:
+        nearest = spec.name if spec is not None else "euler"
+        not_honoured.append(f"Sampler: {sampler_name} (A1111 runs it on its own timestep grid, not on a sigma "
+                            f"schedule; --best-effort runs {nearest})")
+        values["sampler"], implied = nearest, None
+    elif spec is None:
         not_honoured.append(f"Sampler: {sampler_name} (not in the catalogue; --best-effort runs euler)")
         values["sampler"] = "euler"
     else:

@@ -168,7 +168,10 @@ def test_a1111_settings_that_are_not_honoured():
     cases = [
         ("Euler", ", Clip skip: 2", ["Clip skip: 2"]),
         ("Euler a", ", Eta: 0.5", ["Eta: 0.5"]),
-        ("PLMS", "", ["Sampler: PLMS", "euler"]),
+        ("PLMS", "", ["Sampler: PLMS", "timestep grid", "euler"]),
+        ("UniPC", "", ["Sampler: UniPC", "timestep grid", "uni_pc"]),  # A1111's UniPC is not ComfyUI's
+        ("DDIM", "", ["Sampler: DDIM", "timestep grid"]),
+        ("Heun++", "", ["Sampler: Heun++", "not in the catalogue"]),
         ("DPM adaptive", "", ["Sampler: DPM adaptive"]),
         ("Euler", ", Schedule type: Karras Exponential", ["Schedule type: Karras Exponential"]),
         ("Euler", ", Schedule type: Beta, Beta schedule alpha: 0.6, Beta schedule beta: 0.6", ["Beta", "sigma"]),

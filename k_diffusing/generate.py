@@ -37,9 +37,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
-# Keys a JSONL job may set, and their types.
+# Keys a JSONL job may set, and their types. The seed mode (k_diffusing.seeding): noise "diffusers" (default),
+# "comfyui" or "a1111", and A1111's rng / subseed / subseed_strength / eta_noise_seed_delta with "a1111".
 JOB_KEYS = {"prompt": str, "negative_prompt": str, "seed": int, "sampler": str, "schedule": str, "steps": int,
-            "width": int, "height": int, "guidance_scale": float}
+            "width": int, "height": int, "guidance_scale": float, "noise": str, "rng": str, "subseed": int,
+            "subseed_strength": float, "eta_noise_seed_delta": int}
+# The seed-mode keys and their defaults: a job's parameters (and so its digest and file name) list them only when
+# they differ, so jobs without a seed mode keep their names.
+SEED_MODE_DEFAULTS = {"noise": "diffusers", "rng": "gpu", "subseed": None, "subseed_strength": 0.0,
+                      "eta_noise_seed_delta": 0}
+A1111_ONLY = ("rng", "subseed", "subseed_strength", "eta_noise_seed_delta")
 KINDS = ("sdxl", "flux")
 PARAMETERS_KEY = "parameters"  # the PNG text chunk AUTOMATIC1111 writes and reads
 
@@ -50,7 +57,11 @@ class JobError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One image's parameters; ``None`` where the pipeline's default applies (filled in by :func:`resolve`)."""
+    """One image's parameters; ``None`` where the pipeline's default applies (filled in by :func:`resolve`).
+
+    The seed mode (``noise`` and, with "a1111", ``rng``, ``subseed``, ``subseed_strength``, ``eta_noise_seed_delta``)
+    is checked as a whole here (``None`` means the default): the A1111 options need ``noise="a1111"``, a variation
+    strength needs a variation seed."""
 
     index: int
     prompt: str
@@ -63,6 +74,24 @@ class Job:
     height: int | None
     guidance_scale: float | None
     model: str
+    noise: str = "diffusers"
+    rng: str = "gpu"
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    eta_noise_seed_delta: int = 0
+
+    def __post_init__(self):
+        for key, default in SEED_MODE_DEFAULTS.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default)
+        where = f"job {self.index}"
+        if self.noise != "a1111":
+            set_ = [k for k in A1111_ONLY if getattr(self, k) != SEED_MODE_DEFAULTS[k]]
+            if set_:
+                raise JobError(f"{where}: {', '.join(map(repr, set_))} apply to noise 'a1111' (A1111's seed options), "
+                               f"this job has noise {self.noise!r}")
+        if self.subseed_strength and self.subseed is None:
+            raise JobError(f"{where}: 'subseed_strength' needs a 'subseed' (A1111's variation seed)")
 
     def file_name(self) -> str:
         return f"{self.index:05d}-{self.seed}-{self.digest()}.png"
@@ -72,7 +101,21 @@ class Job:
         return hashlib.sha256(json.dumps(self.parameters(), sort_keys=True).encode()).hexdigest()[:10]
 
     def parameters(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "index"}
+        """The job's values without its index; the seed-mode keys only where they differ from their defaults."""
+        return {k: v for k, v in asdict(self).items()
+                if k != "index" and not (k in SEED_MODE_DEFAULTS and v == SEED_MODE_DEFAULTS[k])}
+
+    def noise_arguments(self) -> dict:
+        """The K pipelines' seed-mode arguments for this job (run alone): ``noise``, ``seed``, ``noise_options``;
+        empty for "diffusers" (a CPU generator seeded with the job's seed)."""
+        if self.noise == "diffusers":
+            return {}
+        options = {}
+        if self.noise == "a1111":
+            options = {"rng": self.rng, "eta_noise_seed_delta": self.eta_noise_seed_delta}
+            if self.subseed is not None:
+                options.update(subseed=self.subseed, subseed_strength=self.subseed_strength)
+        return {"noise": self.noise, "seed": self.seed, "noise_options": options}
 
 
 # --- the job file ------------------------------------------------------------------------------------------------
@@ -125,7 +168,33 @@ def check_job_values(values: dict, where: str) -> dict:
             raise JobError(f"{where}: {key!r} must be >= 1, got {values[key]}")
     if "seed" in values and not 0 <= values["seed"] < 2**63:
         raise JobError(f"{where}: 'seed' must be in [0, 2**63), got {values['seed']}")
+    _check_seed_mode(values, where)
     return values
+
+
+def _check_seed_mode(values: dict, where: str) -> None:
+    """The seed-mode values of a job line (the whole mode is checked again on the merged :class:`Job`)."""
+    from .names import unknown_name
+    from .seeding import NOISE_MODES, RNG_SOURCES
+
+    if "noise" in values and values["noise"] not in NOISE_MODES:
+        raise JobError(f"{where}: {unknown_name('noise mode', values['noise'], NOISE_MODES)}")
+    if "rng" in values:
+        values["rng"] = values["rng"].lower()  # A1111 writes "GPU", "CPU", "NV"
+        if values["rng"] not in RNG_SOURCES:
+            raise JobError(f"{where}: 'rng' must be one of {', '.join(RNG_SOURCES)} (A1111's RNG sources), got "
+                           f"{values['rng']!r}")
+    if "subseed" in values and not 0 <= values["subseed"] < 2**63:
+        raise JobError(f"{where}: 'subseed' must be in [0, 2**63), got {values['subseed']}")
+    if "subseed_strength" in values and not 0.0 <= values["subseed_strength"] <= 1.0:
+        raise JobError(f"{where}: 'subseed_strength' must be in [0, 1], got {values['subseed_strength']}")
+    if "eta_noise_seed_delta" in values and not abs(values["eta_noise_seed_delta"]) < 2**63:
+        raise JobError(f"{where}: 'eta_noise_seed_delta' must be in (-2**63, 2**63), got "
+                       f"{values['eta_noise_seed_delta']}")
+    a1111_only = [k for k in A1111_ONLY if k in values]
+    if a1111_only and values.get("noise", "a1111") != "a1111":
+        raise JobError(f"{where}: {', '.join(map(repr, a1111_only))} apply to noise 'a1111' (A1111's seed options), "
+                       f"the job sets noise {values['noise']!r}")
 
 
 def read_job_lines(path: Path) -> list[tuple[str, dict]]:
@@ -203,17 +272,45 @@ def schedule_display_name(schedule: str | None) -> str:
     return next((label for label, name in A1111_SCHEDULE_NAMES.items() if name == schedule), schedule)
 
 
+# The seed mode's keys, as A1111 writes its own (modules/processing.py create_infotext: "Variation seed" and
+# "Variation seed strength" when the strength is nonzero, "ENSD", "RNG" when the source is not "GPU"), and ours,
+# "Seed mode", for a mode other than "diffusers".
+SEED_MODE_LABELS = {"subseed": "Variation seed", "subseed_strength": "Variation seed strength",
+                    "eta_noise_seed_delta": "ENSD", "rng": "RNG", "noise": "Seed mode"}
+
+
+def _seed_mode_pairs(p: dict) -> dict:
+    noise = p.get("noise", "diffusers")
+    if noise == "diffusers":
+        return {}
+    pairs = {}
+    if noise == "a1111":
+        if p.get("subseed") is not None:  # A1111 writes both only with a nonzero strength
+            pairs["Variation seed"] = p["subseed"]
+        if p.get("subseed_strength"):
+            pairs["Variation seed strength"] = p["subseed_strength"]
+        if p.get("eta_noise_seed_delta"):  # A1111 writes it only for the samplers that use it; we always do
+            pairs["ENSD"] = p["eta_noise_seed_delta"]
+        if p.get("rng", "gpu") != "gpu":
+            pairs["RNG"] = p["rng"].upper()
+    pairs["Seed mode"] = noise
+    return pairs
+
+
 def format_parameters(p: dict, kind: str) -> str:
     """AUTOMATIC1111's ``parameters`` text for the job parameters ``p`` (:meth:`Job.parameters`, resolved): the
     prompt, a ``Negative prompt:`` line when there is one, then ``Key: value`` pairs. FLUX's guidance is its distilled
-    guidance, written as Forge writes it (``CFG scale: 1, Distilled CFG Scale: g``)."""
+    guidance, written as Forge writes it (``CFG scale: 1, Distilled CFG Scale: g``). A seed mode adds A1111's
+    ``Variation seed``, ``Variation seed strength``, ``ENSD`` and ``RNG`` as A1111 writes them, and ``Seed mode``
+    (:data:`SEED_MODE_LABELS`); "diffusers" adds nothing."""
     from . import __version__
 
     guidance = {"CFG scale": p["guidance_scale"]} if kind == "sdxl" else {
         "CFG scale": 1, "Distilled CFG Scale": p["guidance_scale"]}
     pairs = {"Steps": p["steps"], "Sampler": sampler_display_name(p["sampler"]),
              "Schedule type": schedule_display_name(p["schedule"]), **guidance, "Seed": p["seed"],
-             "Size": f"{p['width']}x{p['height']}", "Model": p["model"], "Version": f"k-diffusing {__version__}"}
+             "Size": f"{p['width']}x{p['height']}", "Model": p["model"], **_seed_mode_pairs(p),
+             "Version": f"k-diffusing {__version__}"}
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(NEGATIVE + p["negative_prompt"])
@@ -223,7 +320,8 @@ def format_parameters(p: dict, kind: str) -> str:
 
 def parse_parameters(text: str) -> dict:
     """The job parameters in an AUTOMATIC1111 ``parameters`` text (the inverse of :func:`format_parameters`; A1111
-    names map back to catalogue names, unknown keys are left out)."""
+    names map back to catalogue names, unknown keys are left out). The seed-mode keys appear only when the text has
+    them; A1111's ``RNG`` / ``Variation seed`` / ``ENSD`` without our ``Seed mode`` imply ``noise="a1111"``."""
     from .registry import A1111_SCHEDULES, resolve_sampler
 
     *head, last = text.split("\n")
@@ -246,7 +344,16 @@ def parse_parameters(text: str) -> dict:
         "height": height,
         "guidance_scale": float(pairs.get("Distilled CFG Scale", pairs.get("CFG scale"))),
         "model": pairs.get("Model"),
+        **_parse_seed_mode(pairs),
     }
+
+
+def _parse_seed_mode(pairs: dict) -> dict:
+    kinds = {"subseed": int, "subseed_strength": float, "eta_noise_seed_delta": int, "rng": str.lower, "noise": str}
+    values = {key: kinds[key](pairs[label]) for key, label in SEED_MODE_LABELS.items() if label in pairs}
+    if values and "noise" not in values:
+        values["noise"] = "a1111"
+    return values
 
 
 def read_parameters(path: Path) -> dict:
@@ -281,7 +388,8 @@ def resolve(job: Job, kind: str, pipe) -> Job:
 
 
 def render_png(pipe, kind: str, job: Job) -> bytes:
-    """The PNG of a resolved job, with its ``parameters`` chunk: the job alone, from a CPU generator seeded by it."""
+    """The PNG of a resolved job, with its ``parameters`` chunk: the job alone, from a CPU generator seeded by it, or
+    in its seed mode (``noise``, ``seed``, ``noise_options``: :meth:`Job.noise_arguments`)."""
     import torch
     from PIL.PngImagePlugin import PngInfo
 
@@ -289,9 +397,9 @@ def render_png(pipe, kind: str, job: Job) -> bytes:
 
     options = pipeline_options(kind, pipe, job.steps, job.height, job.width, job.guidance_scale)
     negative = {"negative_prompt": job.negative_prompt} if job.negative_prompt else {}
-    image = pipe(job.prompt, sampler=job.sampler, sigma_schedule=job.schedule,
-                 generator=torch.Generator("cpu").manual_seed(job.seed), output_type="pil", **negative,
-                 **options).images[0]
+    seeded = job.noise_arguments() or {"generator": torch.Generator("cpu").manual_seed(job.seed)}
+    image = pipe(job.prompt, sampler=job.sampler, sigma_schedule=job.schedule, output_type="pil", **seeded,
+                 **negative, **options).images[0]
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, format_parameters(job.parameters(), kind))
     buffer = io.BytesIO()
@@ -364,6 +472,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default=None, help="catalogue schedule (default: the scheduler's own)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 20)")
     p.add_argument("--seed", type=int, default=None, help="job i's seed is seed + i unless it sets one (default 0)")
+    p.add_argument("--noise", default=None,
+                   help="seed mode: diffusers (default), comfyui or a1111: the noise those programs draw for the seed "
+                        "(k_diffusing.seeding); a1111 options are job keys (rng, subseed, subseed_strength, "
+                        "eta_noise_seed_delta)")
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--width", type=int, default=None, help="default: the VAE's sample_size")
@@ -381,7 +493,7 @@ def main(argv=None) -> int:
     model = args.model or f"embedded:{args.kind}"
     defaults = {"negative_prompt": args.negative_prompt, "seed": args.seed, "sampler": args.sampler,
                 "schedule": args.schedule, "steps": args.steps, "width": args.width, "height": args.height,
-                "guidance_scale": args.guidance_scale}
+                "guidance_scale": args.guidance_scale, "noise": args.noise}
     from_png = None  # --from-png: its jobs and per-file outcome (k_diffusing.pnginfo)
     try:
         if args.from_png is not None:

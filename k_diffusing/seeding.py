@@ -75,15 +75,20 @@ DISCARD_PENULTIMATE = {
 }
 
 GUARANTEES = {
-    "diffusers": "diffusers' own convention: image i equals the image made alone with generator i when a list of "
-                 "generators is given.",
-    "comfyui": "Initial noise, per-step noise and Brownian noise equal ComfyUI's for the same seed and batch, bit for "
-               "bit on the CPU in float32. Image 0's initial noise does not depend on the batch size on the CPU when "
-               "the per-image latent size C*H*W is a multiple of 16 (torch's CPU normal sampler fills blocks of 16 "
-               "and redraws a partial last block); its per-step noise does (one generator draws the whole batch).",
-    "a1111": "Every image has its own seed and generators (and Brownian tree), so image i does not depend on the "
-             "batch size or its position, on every device and RNG source. 'cpu' and 'nv' give the same numbers on "
-             "any device; 'gpu' depends on the device's generator, as in A1111.",
+    "diffusers": "diffusers' own convention: with a list of generators, image i equals the image made alone with "
+                 "generator i.",
+    "comfyui": "The initial noise, per-step noise and Brownian noise equal ComfyUI's for the same seed, batch and "
+               "sigmas, bit for bit on the CPU in float32. The initial noise and the Brownian trees (built on the "
+               "CPU) are the same on every device; the per-step noise is drawn on the device (seed + 1 on the CPU, "
+               "seed on an accelerator), so it differs between devices, as in ComfyUI (the *_gpu samplers' trees "
+               "too). Batch size: image 0's initial noise is unchanged on the CPU when the per-image latent size "
+               "C*H*W is a multiple of 16 (torch's CPU normal sampler fills blocks of 16 and redraws a partial last "
+               "block), its first per-step draw likewise, but not the later ones (one generator draws the whole "
+               "batch); nothing is batch-invariant on an accelerator.",
+    "a1111": "Image i has its own seed, generators and Brownian tree, so it does not depend on the batch size or on "
+             "the other images, on every device and RNG source (with an int seed, image i's seed is seed + i: the "
+             "same image needs the same position, or a list of seeds). The 'cpu' and 'nv' sources give the same "
+             "numbers on every device; 'gpu' follows the device's generator, as in A1111.",
 }
 
 

@@ -653,3 +653,89 @@ def test_kflux_comfyui_draws_unpacked_noise_and_packs_it():
     generator = plain(PROMPT, num_inference_steps=steps, height=32, width=32, max_sequence_length=16, sampler="euler",
                       generator=torch.Generator().manual_seed(SEED), output_type="latent").images
     assert torch.equal(deterministic, generator)  # diffusers' one CPU generator draws ComfyUI's unpacked noise too
+
+
+# --- generate: job keys, the parameters text, render_png ----------------------------------------------------------
+
+import k_diffusing  # noqa: E402
+from k_diffusing import generate  # noqa: E402
+
+BASE_JOB = {"prompt": "a cat", "negative_prompt": "", "seed": 7, "sampler": "euler_ancestral", "schedule": None,
+            "steps": 3, "width": 32, "height": 32, "guidance_scale": 5.0, "model": "embedded:sdxl"}
+
+
+def test_generate_job_checks_refuse_bad_seed_modes_up_front(tmp_path):
+    check = generate.check_job_values
+    assert check({"noise": "a1111", "rng": "CPU"}, "l")["rng"] == "cpu"  # A1111 writes "CPU"
+    for values, match in [({"noise": "comfy"}, "unknown noise mode 'comfy'. Did you mean 'comfyui'"),
+                          ({"noise": "a1111", "rng": "tpu"}, "'rng' must be one of gpu, cpu, nv"),
+                          ({"noise": "comfyui", "rng": "cpu"}, "'rng' apply to noise 'a1111'"),
+                          ({"subseed_strength": 1.5}, r"'subseed_strength' must be in \[0, 1\]"),
+                          ({"subseed": -1}, r"'subseed' must be in \[0, 2\*\*63\)"),
+                          ({"eta_noise_seed_delta": 1.5}, "'eta_noise_seed_delta' must be a int"),
+                          ({"noise": 3}, "'noise' must be a str")]:
+        with pytest.raises(generate.JobError, match=match):
+            check(dict(values), "jobs.jsonl, line 4")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a", "rng": "nv", "eta_noise_seed_delta": 31337}\n{"prompt": "b"}\n')
+    read = generate.read_jobs(jobs, {"noise": "a1111"}, "m")  # the mode from the command line, options per job
+    assert (read[0].noise, read[0].rng, read[0].eta_noise_seed_delta, read[1].rng) == ("a1111", "nv", 31337, "gpu")
+    with pytest.raises(generate.JobError, match="job 0: 'rng', 'eta_noise_seed_delta' apply to noise 'a1111'"):
+        generate.read_jobs(jobs, {"noise": "comfyui"}, "m")
+    with pytest.raises(generate.JobError, match="'subseed_strength' needs a 'subseed'"):
+        generate.Job(index=0, **BASE_JOB, noise="a1111", subseed_strength=0.5)
+    assert generate.main([str(jobs), "--out", str(tmp_path / "out"), "--noise", "comfy"]) == 2
+    assert not (tmp_path / "out").exists()  # refused before any model is loaded or folder made
+
+
+def test_generate_digest_and_parameters_unchanged_without_a_seed_mode():
+    job = generate.Job(index=3, **BASE_JOB)
+    old = {k: v for k, v in BASE_JOB.items()}  # the parameters before seed modes existed
+    assert job.parameters() == old
+    assert job.digest() == generate.hashlib.sha256(generate.json.dumps(old, sort_keys=True).encode()).hexdigest()[:10]
+    assert generate.format_parameters(job.parameters(), "sdxl") == generate.format_parameters(old, "sdxl")
+    seeded = generate.Job(index=3, **BASE_JOB, noise="a1111", rng="cpu")
+    assert seeded.parameters() == {**old, "noise": "a1111", "rng": "cpu"} and seeded.digest() != job.digest()
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "flux"])
+def test_parameters_text_records_the_seed_mode_as_a1111_does(kind):
+    p = {**BASE_JOB, "noise": "a1111", "rng": "cpu", "subseed": 5, "subseed_strength": 0.25,
+         "eta_noise_seed_delta": 31337}
+    text = generate.format_parameters(p, kind)
+    assert text.endswith('Model: "embedded:sdxl", Variation seed: 5, Variation seed strength: 0.25, ENSD: 31337, '
+                         f"RNG: CPU, Seed mode: a1111, Version: k-diffusing {k_diffusing.__version__}")
+    assert generate.parse_parameters(text) == p
+    for extra in [{"noise": "comfyui"}, {"noise": "a1111"}, {"noise": "a1111", "rng": "nv"},
+                  {"noise": "a1111", "subseed": 9}]:
+        assert generate.parse_parameters(generate.format_parameters({**BASE_JOB, **extra}, kind)) == {**BASE_JOB,
+                                                                                                      **extra}
+    a1111_text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 512x512, ENSD: 31337, RNG: NV"
+    parsed = generate.parse_parameters(a1111_text)
+    assert (parsed["noise"], parsed["rng"], parsed["eta_noise_seed_delta"]) == ("a1111", "nv", 31337)
+
+
+class _Spy:
+    """The pipeline, recording the keyword arguments of each call."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.pipe(*args, **kwargs)
+
+
+def test_render_png_runs_the_jobs_seed_mode(comps):
+    spy = _Spy(_sdxl(comps))
+    job = generate.Job(index=0, **BASE_JOB, noise="a1111", rng="cpu", subseed=5, subseed_strength=0.25)
+    generate.render_png(spy, "sdxl", job)
+    call = spy.calls[-1]
+    assert "generator" not in call
+    assert (call["noise"], call["seed"]) == ("a1111", 7)
+    assert call["noise_options"] == {"rng": "cpu", "eta_noise_seed_delta": 0, "subseed": 5, "subseed_strength": 0.25}
+    generate.render_png(spy, "sdxl", generate.Job(index=0, **BASE_JOB))
+    assert "noise" not in spy.calls[-1] and spy.calls[-1]["generator"].initial_seed() == 7

@@ -616,6 +616,27 @@ def test_a1111_image_zero_alone_equals_image_zero_of_a_batch(sampler, options):
     assert not torch.equal(batch[0], batch[1])
 
 
+@pytest.mark.parametrize("noise,options", [("comfyui", None), ("a1111", {"rng": "cpu"})])
+def test_img2img_k_pipeline_gives_the_parent_the_programs_generators(comps, noise, options):
+    """The other K pipelines pass the generators whose randn_tensor draws the program's noise (ComfyUI: one CPU
+    generator; A1111's CPU source: one per image, seed + i) and the seeds to the KScheduler."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    k_pipe = _sdxl(comps, KSDXLImg2ImgPipeline)
+    prompts = [PROMPT, "a dog"]
+    expected = k_pipe(prompts, image=image, strength=0.6, num_inference_steps=5, sampler="dpmpp_2m_sde", noise=noise,
+                      seed=SEED, noise_options=options, output_type="latent").images
+    scheduler = KScheduler.from_scheduler(comps["scheduler"], sampler="dpmpp_2m_sde", noise=noise,
+                                          noise_options=options)
+    parent = _sdxl(comps, StableDiffusionXLImg2ImgPipeline, scheduler)
+    generator = (torch.Generator().manual_seed(SEED) if noise == "comfyui"
+                 else [torch.Generator().manual_seed(SEED + i) for i in range(2)])
+    out = parent(prompts, image=image, strength=0.6, num_inference_steps=5, generator=generator,
+                 output_type="latent").images
+    assert torch.equal(out, expected)
+
+
 def test_kflux_comfyui_draws_unpacked_noise_and_packs_it():
     comps = tiny_flux_components()
     pipe = KFluxPipeline(**comps)

@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from k_diffusing import get_sampler
 from k_diffusing.embedded.evaluate import evaluation_prompts
 from k_diffusing.embedded.score import adherence_batch, clean_fraction
 from k_diffusing.embedded.training import folder_size
@@ -52,9 +53,18 @@ def test_embedded_models_are_small_and_have_the_real_architectures(embedded):
         assert isinstance(pipe.text_encoder_2, T5EncoderModel)
 
 
+# CFG++ samplers run at a CFG++ scale (FLUX: true CFG with an empty negative prompt). Measured at 0.6, 8 prompts,
+# 20 steps: SDXL adherence 0.85 (dpmpp_2s_ancestral_cfg_pp) to 0.975, FLUX 0.90 to 0.975 (euler: 0.95 / 1.0).
+CFG_PP_SCALE = 0.6
+
+
 def mean_scores(kind, pipe, prompts, sampler, steps=20):
     """(mean adherence, mean clean-pixel fraction) of one render of ``prompts``."""
-    images, _ = render(pipe, prompts, sampler, None, 0, pipeline_options(kind, pipe, steps))
+    options = pipeline_options(kind, pipe, steps)
+    if sampler is not None and get_sampler(sampler).needs_uncond:
+        options.update({"guidance_scale": CFG_PP_SCALE} if kind == "sdxl" else
+                       {"true_cfg_scale": CFG_PP_SCALE, "negative_prompt": [""] * len(prompts)})
+    images, _ = render(pipe, prompts, sampler, None, 0, options)
     scores = adherence_batch(images, prompts, value_range=(0, 1))
     clean = [clean_fraction(image, prompt, value_range=(0, 1)) for image, prompt in zip(images, prompts)]
     return sum(scores) / len(scores), sum(clean) / len(clean)

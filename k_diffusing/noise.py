@@ -10,11 +10,23 @@ Equations", arXiv 2001.01328, Sec. 4 for the Brownian tree / virtual Brownian in
 
 Without a generator or a noise sampler, noise comes from torch's global RNG, exactly as in k-diffusion
 (``torch.randn_like``); pipelines always pass generators.
+
+Brownian noise off the critical path: a tree query descends about 24 levels and draws full-size noise at each, but
+every query a sampler will make is known before it starts (they depend on the schedule and the sampler's options,
+not on the data). The Brownian samplers record them in a dry run (``SamplerRun(..., replay=...)``) and hand them to
+the tree's :meth:`Prefetching.plan`; a worker thread then computes the increments in order, at most ``depth``
+ahead, while the network runs. A tree's value for an interval does not depend on which queries came before (the
+dyadic "halfway" tree of torchsde's ``BrownianTree``: every node's split point and seed are fixed by the entropy), so
+the values are those of the same queries made one by one, bit for bit; a query that was not planned stops the worker
+and is computed on the caller's thread.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
+import weakref
 from typing import Callable, Sequence, Union
 
 import torch
@@ -72,6 +84,110 @@ def default_noise_sampler(x: torch.Tensor, generator: GeneratorArg = None) -> No
     return GaussianNoiseSampler(x, generator)
 
 
+# torchsde draws its Gaussians through one module function, which the A1111 seed mode swaps while its trees run
+# (k_diffusing.seeding.torchsde_randn); every tree query holds this lock, so trees queried from several threads (the
+# prefetching workers) never see another tree's Gaussian source.
+TORCHSDE_LOCK = threading.RLock()
+
+
+class _Ahead:
+    """A worker thread computing ``compute(*query)`` for ``queries`` in order, at most ``depth`` results ahead of
+    the caller (memory: ``depth + 1`` results at most)."""
+
+    def __init__(self, compute: weakref.WeakMethod, queries: Sequence[tuple[float, float]], depth: int):
+        self.queries = list(queries)
+        self.next = 0
+        self.results: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=_compute_ahead, args=(compute, self.queries, self.results, self.stop),
+                                       name="k_diffusing-noise-ahead", daemon=True)
+        self.thread.start()
+
+    def take(self, query: tuple[float, float]) -> torch.Tensor | None:
+        """The next planned result if ``query`` is the next planned query, else ``None`` (and the worker stops)."""
+        if self.next >= len(self.queries) or self.queries[self.next] != query:
+            self.close()
+            return None
+        self.next += 1
+        result = self.results.get()
+        if isinstance(result, BaseException):
+            self.close()
+            raise result
+        return result
+
+    def close(self) -> None:
+        """Stop the worker and wait for it (it finishes the query it is on), dropping what it computed."""
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.results.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+
+def _compute_ahead(compute: weakref.WeakMethod, queries, results: queue.Queue, stop: threading.Event) -> None:
+    """The worker's loop: each result (or the first error) goes into ``results``; returns when done or stopped. It
+    holds its noise sampler only while computing, so a sampler dropped mid-run (an error, an interrupted pipeline) is
+    collected, and its finalizer stops the worker."""
+    try:
+        for query in queries:
+            method = compute()
+            if stop.is_set() or method is None:
+                return
+            result = method(*query)
+            del method
+            if not _put(results, result, stop):
+                return
+    except BaseException as error:  # handed to the caller, who raises it
+        _put(results, error, stop)
+
+
+def _put(results: queue.Queue, item, stop: threading.Event) -> bool:
+    """Wait for room in ``results`` and put ``item``; ``False`` if stopped first."""
+    while not stop.is_set():
+        try:
+            results.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+class Prefetching:
+    """Noise samplers whose values for a query do not depend on earlier queries: ``plan(queries)`` computes the
+    planned ``(sigma, sigma_next)`` queries ahead on a worker thread; ``__call__`` takes the next planned value, or
+    computes the query itself (:meth:`compute`) when it is not the next planned one. Subclasses define ``compute``."""
+
+    _ahead: _Ahead | None = None
+
+    def compute(self, sigma, sigma_next) -> torch.Tensor:
+        raise NotImplementedError
+
+    def plan(self, queries: Sequence[tuple[float, float]], depth: int = 2) -> None:
+        """Compute ``queries`` (in this order) ahead, at most ``depth`` ahead of the calls."""
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth!r}")
+        self.close()
+        if queries:
+            self._ahead = _Ahead(weakref.WeakMethod(self.compute), [(float(a), float(b)) for a, b in queries], depth)
+            weakref.finalize(self, self._ahead.stop.set)
+
+    def close(self) -> None:
+        """Stop computing ahead (later calls compute on the caller's thread)."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        if self._ahead is not None:
+            value = self._ahead.take((float(sigma), float(sigma_next)))
+            if value is not None:
+                return value
+            self._ahead = None
+        return self.compute(sigma, sigma_next)
+
+
 class BatchedBrownianTree:
     """One ``torchsde.BrownianTree`` per seed: a list of seeds gives one tree per batch item (as k-diffusion)."""
 
@@ -89,7 +205,8 @@ class BatchedBrownianTree:
             w0, seeds = w0[0], list(seed)
         else:
             seeds = [seed]
-        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s, **kwargs) for s in seeds]
+        with TORCHSDE_LOCK:
+            self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s, **kwargs) for s in seeds]
         # torchsde rounds the interval's ends to its tolerance (1e-6 -> 6 digits) and warns on, then clamps, queries
         # outside them; clamping first gives the same values without the warning.
         digits = -int(math.log10(kwargs.get("tol", 1e-6)))
@@ -103,16 +220,18 @@ class BatchedBrownianTree:
         t0, t1, sign = self._sort(t0, t1)
         lo, hi = self.bounds
         t0, t1 = min(max(float(t0), lo), hi), min(max(float(t1), lo), hi)
-        w = torch.stack([tree(t0, t1) for tree in self.trees]) * (self.sign * sign)
+        with TORCHSDE_LOCK:
+            w = torch.stack([tree(t0, t1) for tree in self.trees]) * (self.sign * sign)
         return w if self.batched else w[0]
 
 
-class BrownianTreeNoiseSampler:
+class BrownianTreeNoiseSampler(Prefetching):
     """Noise from a Brownian tree over ``[sigma_min, sigma_max]``: the increment ``W(sigma_next) - W(sigma)``
     normalised to unit variance, so samples at different step counts come from one Brownian path.
 
     Same arguments as k-diffusion's class: ``seed`` is an int or a list of ints (one tree per batch item);
-    ``transform`` maps sigma to the tree's time.
+    ``transform`` maps sigma to the tree's time. ``plan(queries)`` computes planned queries ahead
+    (:class:`Prefetching`).
     """
 
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed=None, transform=lambda s: s):
@@ -121,7 +240,7 @@ class BrownianTreeNoiseSampler:
         t1 = self.transform(torch.as_tensor(sigma_max))
         self.tree = BatchedBrownianTree(x, t0, t1, seed)
 
-    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+    def compute(self, sigma, sigma_next) -> torch.Tensor:
         t0 = self.transform(torch.as_tensor(sigma))
         t1 = self.transform(torch.as_tensor(sigma_next))
         return self.tree(t0, t1) / (t1 - t0).abs().sqrt()

@@ -26,8 +26,6 @@ asked about when they are not the very tensor it handed out.
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 import json
 import logging
 import math
@@ -45,7 +43,7 @@ from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas
 from .geometry import FLOW, VE, Geometry
 from . import seeding
 from .registry import SamplerSpec, get_sampler, list_samplers
-from .samplers.base import needs_uncond
+from .samplers.base import dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
 from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, read_schedule, set_up
@@ -76,53 +74,16 @@ class CallPlan:
         return max(counts[:-1] or counts or [1])
 
 
-class _Recorder:
-    """Dry-run denoiser: ``D = 0``; records each call's sigma and where each step starts (step-end protocol)."""
-
-    takes_host_sigma = True
-
-    def __init__(self, geometry: Geometry):
-        self.geometry = geometry
-        self.sigmas: list[float] = []
-        self.step_starts: list[int] = [0]
-        self.needs_uncond = False
-
-    def __call__(self, x, sigma, sigma_host=None, **_):
-        self.sigmas.append(float(sigma[0]) if sigma_host is None else sigma_host)
-        return torch.zeros_like(x)
-
-    def denoise_with_uncond(self, x, sigma, sigma_host=None, **_):
-        self.needs_uncond = True
-        zero = self(x, sigma, sigma_host)
-        return zero, zero
-
-    def on_step_end(self, i, x):
-        self.step_starts.append(len(self.sigmas))
-
-
-@functools.lru_cache(maxsize=None)
-def _parameters(function) -> frozenset:
-    return frozenset(inspect.signature(function).parameters)
-
-
 def takes(function, name: str) -> bool:
     """Whether a sampler (spec or function) has parameter ``name`` (signatures read once)."""
-    return name in _parameters(function.function if isinstance(function, SamplerSpec) else function)
-
-
-def _zero_noise(sigma, sigma_next):
-    return torch.zeros(1, 1)
+    return name in parameters(function.function if isinstance(function, SamplerSpec) else function)
 
 
 def plan_calls(function: Callable, kwargs: dict, sigmas: list[float], geometry: Geometry) -> CallPlan:
-    """Run ``function`` on a zero 1x1 state with a zero denoiser and zero noise (the global RNG is restored) and
-    record its model calls. Valid for every sampler whose call sigmas depend only on the schedule and options."""
-    recorder = _Recorder(geometry)
+    """Record the model calls of ``function`` in a :func:`dry_run`. Valid for every sampler whose call sigmas depend
+    only on the schedule and options."""
     dry = {k: v for k, v in kwargs.items() if k not in ("noise_sampler", "brownian", "generator")}
-    if takes(function, "noise_sampler"):
-        dry["noise_sampler"] = _zero_noise
-    with torch.random.fork_rng(devices=[]):
-        function(recorder, torch.zeros(1, 1), torch.tensor(sigmas, dtype=torch.float64), disable=True, **dry)
+    recorder = dry_run(function, geometry, sigmas, **dry)
     starts = tuple(s for s in recorder.step_starts if s < len(recorder.sigmas))
     return CallPlan(tuple(recorder.sigmas), tuple(sorted(set(starts))), recorder.needs_uncond)
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import operator
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -58,6 +57,7 @@ import numpy as np
 import torch
 
 from .names import unknown_name
+from .noise import TORCHSDE_LOCK, BatchedBrownianTree, Prefetching
 
 NOISE_MODES = ("diffusers", "comfyui", "a1111")
 RNG_SOURCES = ("gpu", "cpu", "nv")
@@ -432,10 +432,7 @@ class A1111NoiseSampler:
 
 # torchsde draws a Brownian tree's Gaussians with its module function brownian_interval._randn(size, dtype, device,
 # seed); A1111 replaces it for good (sd_samplers_common.replace_torchsde_browinan). Here it is replaced only while one
-# of our trees is built or queried, under a lock.
-_TORCHSDE_LOCK = threading.RLock()
-
-
+# of our trees is built or queried, under the lock every tree query holds (noise.TORCHSDE_LOCK).
 @contextmanager
 def torchsde_randn(randn: Callable | None):
     """Run torchsde with ``randn(size, dtype, device, seed)`` as its Gaussian source (``None``: its own)."""
@@ -444,7 +441,7 @@ def torchsde_randn(randn: Callable | None):
         return
     from torchsde._brownian import brownian_interval
 
-    with _TORCHSDE_LOCK:
+    with TORCHSDE_LOCK:
         own = brownian_interval._randn
         brownian_interval._randn = randn
         try:
@@ -462,9 +459,10 @@ def a1111_tree_randn(rng: str, device) -> Callable:
     return randn
 
 
-class BrownianNoise:
+class BrownianNoise(Prefetching):
     """Brownian-tree noise as both programs query it: times rounded to float32, the increment ``W(t1) - W(t0)`` over
-    ``sqrt(|t1 - t0|)`` computed in float32 (``BrownianTreeNoiseSampler.__call__``).
+    ``sqrt(|t1 - t0|)`` computed in float32 (``BrownianTreeNoiseSampler.__call__``). ``plan(queries)`` computes
+    planned queries ahead (:class:`k_diffusing.noise.Prefetching`).
 
     Args:
         shape: the noise shape the programs' tree has (the unpacked latent batch).
@@ -475,8 +473,6 @@ class BrownianNoise:
     """
 
     def __init__(self, shape, sigmas, seed, device="cpu", tree_device=None, randn=None, pack=None):
-        from .noise import BatchedBrownianTree
-
         positive = [s for s in (float(v) for v in sigmas) if s > 0]
         self.t_min, self.t_max = float32(min(positive)), float32(max(positive))
         self.device = torch.device(device)
@@ -487,7 +483,7 @@ class BrownianNoise:
         with torchsde_randn(randn):
             self.tree = BatchedBrownianTree(like, self.t_min, self.t_max, seed)
 
-    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+    def compute(self, sigma, sigma_next) -> torch.Tensor:
         t0 = torch.tensor(float(sigma), dtype=torch.float32)
         t1 = torch.tensor(float(sigma_next), dtype=torch.float32)
         with torchsde_randn(self.randn):

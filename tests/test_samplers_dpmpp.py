@@ -306,7 +306,8 @@ def test_default_brownian_tree_moments(geo):
     assert abs(std / model.data_std - 1) <= 0.035, std
 
 
-@pytest.mark.parametrize("sampler", [sample_dpmpp_2m_sde, sample_dpmpp_3m_sde], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("sampler", [sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde],
+                         ids=lambda f: f.__name__)
 def test_brownian_false_draws_independent_gaussians(sampler):
     # brownian=False is the same run as an explicit Gaussian noise sampler on the generator (diffusers' noise), and
     # not the default Brownian tree; per-item generators keep batch invariance
@@ -338,6 +339,8 @@ def test_brownian_option_is_checked():
         sample_dpmpp_2m_sde(model, x, sigmas, disable=True, brownian=False, noise_sampler=GaussianNoiseSampler(x))
     with pytest.raises(TypeError, match="brownian must be True or False, got 'no'"):
         sample_dpmpp_3m_sde(model, x, sigmas, disable=True, brownian="no")
+    with pytest.raises(ValueError, match="brownian=False has no effect with an explicit noise_sampler"):
+        sample_dpmpp_sde(model, x, sigmas, disable=True, brownian=False, noise_sampler=GaussianNoiseSampler(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ accelerator); after that every coefficient is a Python float, and the loop never
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any, Callable, Iterator
 
@@ -69,6 +71,10 @@ class SamplerRun:
         brownian: default noise is a Brownian tree over the sigmas' positive range (k-diffusion's SDE samplers)
             instead of independent Gaussian draws. The tree is built on first use, so deterministic runs never pay.
         descending: refuse sigmas that rise (off only for dpm_fast / dpm_adaptive, which integrate either way).
+        replay: the sampler function with its options bound (``functools.partial``), for Brownian noise computed
+            ahead: with ``brownian`` and no noise sampler (or one that has a ``plan`` method, as the trees of
+            :mod:`k_diffusing.noise` and :mod:`k_diffusing.seeding`), a :func:`dry_run` records the noise queries the
+            run will make and the tree computes them on a worker thread while the network runs.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class SamplerRun:
         generator: GeneratorArg = None,
         brownian: bool = False,
         descending: bool = True,
+        replay: Callable | None = None,
     ):
         self.model = model
         self.geometry: Geometry = geometry_of(model)
@@ -108,6 +115,21 @@ class SamplerRun:
         self._host_sigma = bool(getattr(model, "takes_host_sigma", False))
         self._step = 0
         self._ended = -1
+        if brownian and replay is not None:
+            self._plan_noise(replay)
+
+    def _plan_noise(self, replay: Callable) -> None:
+        """Hand the noise queries of a dry run of the sampler to the tree, which computes them ahead; no tree is
+        built when the run makes no query (``eta = 0``)."""
+        sampler = self._noise_sampler
+        if sampler is not None and not hasattr(sampler, "plan"):
+            return
+        queries = dry_run(replay, self.geometry, self.sigmas).noise_queries
+        if not queries:
+            return
+        if sampler is None:
+            sampler = self._noise_sampler = brownian_noise_sampler(self.x, self.sigmas, self._generator)
+        sampler.plan(queries)
 
     def steps(self) -> Iterator[tuple[int, float, float]]:
         """``(i, sigma_i, sigma_{i+1})`` for every step, with a progress bar over steps."""
@@ -176,6 +198,56 @@ class SamplerRun:
             self._end_step(len(self.sigmas) - 2, x)
         return x.to(self.out_dtype)
 
+
+
+class DryRun:
+    """Dry-run denoiser and noise sampler: ``D = 0`` and zero noise on a 1x1 state. Records the sigma of each model
+    call, where each step starts (step-end protocol), whether the sampler asks for the unconditional estimate
+    (CFG++), and each noise query ``(sigma, sigma_next)``."""
+
+    takes_host_sigma = True
+
+    def __init__(self, geometry: Geometry):
+        self.geometry = geometry
+        self.sigmas: list[float] = []
+        self.step_starts: list[int] = [0]
+        self.needs_uncond = False
+        self.noise_queries: list[tuple[float, float]] = []
+
+    def __call__(self, x, sigma, sigma_host=None, **_):
+        self.sigmas.append(float(sigma[0]) if sigma_host is None else sigma_host)
+        return torch.zeros_like(x)
+
+    def denoise_with_uncond(self, x, sigma, sigma_host=None, **_):
+        self.needs_uncond = True
+        zero = self(x, sigma, sigma_host)
+        return zero, zero
+
+    def on_step_end(self, i, x):
+        self.step_starts.append(len(self.sigmas))
+
+    def noise(self, sigma, sigma_next) -> torch.Tensor:
+        self.noise_queries.append((float(sigma), float(sigma_next)))
+        return torch.zeros(1, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def parameters(function: Callable) -> frozenset:
+    """The names of a sampler function's parameters (read once per function)."""
+    return frozenset(inspect.signature(function).parameters)
+
+
+def dry_run(function: Callable, geometry: Geometry, sigmas: list[float], **options) -> DryRun:
+    """Run the sampler ``function`` (with ``options``) on a zero 1x1 state with a zero denoiser and zero noise,
+    leaving torch's global RNG as it was, and return what it asked for (:class:`DryRun`). Valid for every sampler
+    whose calls and noise queries depend only on the schedule and its options, not on the data (all but
+    dpm_adaptive)."""
+    recorder = DryRun(geometry)
+    if "noise_sampler" in parameters(getattr(function, "function", function)):  # a registry spec wraps its function
+        options["noise_sampler"] = recorder.noise
+    with torch.random.fork_rng(devices=[]):
+        function(recorder, torch.zeros(1, 1), torch.tensor(sigmas, dtype=torch.float64), disable=True, **options)
+    return recorder
 
 
 def uses_uncond(function: Callable) -> Callable:

@@ -14,6 +14,7 @@ exact limit, so they are skipped there (``math.isfinite(h)``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -136,18 +137,21 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
 
 @torch.no_grad()
 def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                     noise_sampler=None, r=1 / 2, *, generator=None):
+                     noise_sampler=None, r=1 / 2, *, generator=None, brownian=True):
     """DPM-Solver++ (stochastic): DPM-Solver++(2S), Lu et al. 2022b (arXiv 2211.01095), Alg. 1, with an ancestral
     split at both stages; k-diffusion's ``sample_dpmpp_sde``.
 
     Stage 1: ancestral DDIM step from ``sigma`` to ``sigma_s`` (``lambda_s = lambda + r h``), ``D_2 = D(u, sigma_s)``.
     Stage 2: ancestral DDIM step from ``sigma`` to ``sigma_next`` with ``(1 - 1/(2r)) D + 1/(2r) D_2``. Any geometry
     (splits from :meth:`Geometry.ancestral_step`). Order 2 as an ODE solver (``eta = 0``), 2 calls per step;
-    stochastic (``eta``, ``s_noise``, Brownian-tree noise by default, per-item trees with a list of generators).
-    1 call on the step into sigma = 0 (Euler/DDIM step, returns ``D``) and on a step from flow ``sigma = 1``
-    (the stage collapses onto the start: ancestral DDIM step, the exact limit).
+    stochastic (``eta``, ``s_noise``, Brownian-tree noise by default, per-item trees with a list of generators;
+    ``brownian=False``: see :func:`check_brownian`). 1 call on the step into sigma = 0 (Euler/DDIM step, returns
+    ``D``) and on a step from flow ``sigma = 1`` (the stage collapses onto the start: ancestral DDIM step, the exact
+    limit).
     """
-    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=True)
+    check_brownian(brownian, noise_sampler)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian,
+                     replay=functools.partial(sample_dpmpp_sde, eta=eta, s_noise=s_noise, r=r))
     geo, x = run.geometry, run.x
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
@@ -179,7 +183,8 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
     check_brownian(brownian, noise_sampler)
-    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian,
+                     replay=functools.partial(sample_dpmpp_2m_sde, eta=eta, s_noise=s_noise, solver_type=solver_type))
     geo, x = run.geometry, run.x
     old_denoised, h_last = None, None
     for i, sigma, sigma_next in run.steps():
@@ -224,7 +229,8 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     an ODE solver (``eta = 0``): slopes 2.5, 2.5, 2.3, 2.1 from 20 to 320 steps, i.e. order 2 asymptotically.
     """
     check_brownian(brownian, noise_sampler)
-    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian)
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator, brownian=brownian,
+                     replay=functools.partial(sample_dpmpp_3m_sde, eta=eta, s_noise=s_noise))
     geo, x = run.geometry, run.x
     denoised_1, denoised_2 = None, None
     h_1, h_2 = None, None  # the last two finite steps in lambda (None: no usable history)

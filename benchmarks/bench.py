@@ -20,6 +20,9 @@
    of the per-run ratios, with quartiles); and ``set_timesteps`` (KScheduler's includes a dry run of the sampler).
 
     python benchmarks/bench.py --only scheduler --threads 1 --steady-heap   # one section; the others' results kept
+
+6. Real-size networks: measured by ``benchmarks/real_size.py --write-results`` (its own run), kept in the RESULTS json
+   under ``real_size`` and rendered here.
 """
 
 from __future__ import annotations
@@ -580,6 +583,10 @@ def markdown(results: dict) -> str:
                   f"{_spread_cell(r['k_us'], 0)} | {_spread_cell(r['ratio'], 2)} | "
                   f"{(r['k_us']['median'] - r['native_us']['median']) / r['calls']:.0f} |"
                   for r in sched["set_timesteps"]]
+    if results.get("real_size"):
+        from real_size import section_lines  # section 6, measured by benchmarks/real_size.py
+
+        lines += ["", *section_lines(results["real_size"])]
     return "\n".join(lines) + "\n"
 
 
@@ -624,9 +631,12 @@ def main(argv=None) -> int:
     sections = args.only or [s for s in SECTIONS if not (s == "pipeline" and args.skip_pipeline)
                              and (s != "compiled" or cuda)]
     saved = args.out / f"{name}.json"
-    results = json.loads(saved.read_text()) if args.only and saved.exists() else {}
+    saved_results = json.loads(saved.read_text()) if saved.exists() else {}
+    results = saved_results if args.only else {}
     if not results:
         results = {"device": args.device, "command": command, "machine": machine(args.device)}
+    if "real_size" in saved_results:  # section 6, written by real_size.py --write-results: kept by a full run too
+        results["real_size"] = saved_results["real_size"]
     for section in sections:
         load = os.getloadavg()
         if section == "overhead":

@@ -54,6 +54,16 @@ def parity_setup(kdiff):
     return bimodal(VE), x, sigmas
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 8), (1, 4096, 64)], ids=["small", "flux-size"])
+def test_kdiffusion_parity_euler_is_bit_exact(kdiff, shape):
+    # Euler computes k-diffusion's x + ((x - D) / sigma) dt with the same float32 roundings (in place, one
+    # allocation a step: benchmarks/bench.py section 1), so the result is the same tensor
+    sigmas = kdiff.get_sigmas_karras(12, 0.0292, 14.6146)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 14.6146
+    model = bimodal(VE)
+    assert torch.equal(sample_euler(model, x, sigmas, disable=True), kdiff.sample_euler(model, x, sigmas, disable=True))
+
+
 @pytest.mark.parametrize("name,ours", [("heun", sample_heun), ("dpm_2", sample_dpm_2), ("lms", sample_lms)])
 def test_kdiffusion_parity_deterministic(kdiff, parity_setup, name, ours):
     model, x, sigmas = parity_setup

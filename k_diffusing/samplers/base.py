@@ -268,7 +268,8 @@ def to_d(x: torch.Tensor, sigma, denoised: torch.Tensor) -> torch.Tensor:
     or a tensor holding one sigma per batch item (k-diffusion's signature)."""
     if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
         sigma = sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim))
-    return (x - denoised) / sigma
+        return (x - denoised) / sigma  # may promote (a float64 sigma per item), as k-diffusion's
+    return (x - denoised).div_(sigma)  # one full-size allocation, the same values
 
 
 def churn(run: SamplerRun, x: torch.Tensor, sigma: float, s_churn: float, s_tmin: float, s_tmax: float,

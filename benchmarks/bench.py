@@ -23,6 +23,13 @@
 
 6. Real-size networks: measured by ``benchmarks/real_size.py --write-results`` (its own run), kept in the RESULTS json
    under ``real_size`` and rendered here.
+7. Brownian noise off the critical path: the Brownian-tree SDE samplers around a network that takes time but leaves
+   the host free (it sleeps, as the host does while a GPU runs the network), at SDXL and FLUX latent sizes: wall time
+   per step with the tree computed ahead (the default), with the same tree queried on the sampler's thread, with
+   torchsde's tree on the sampler's thread (k-diffusion's noise before), and with ``brownian=False``; and the memory
+   the tree holds at FLUX 1024x1024 over 50 steps.
+
+    python benchmarks/bench.py --only sde
 """
 
 from __future__ import annotations
@@ -58,13 +65,27 @@ OVERHEAD_PAIRS = {
     "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
                      ("DPMSolverMultistepScheduler", {**FLOW_DPM, "algorithm_type": "sde-dpmsolver++",
                                                       "solver_order": 3})),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}, None),
     "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1"},
                ("UniPCMultistepScheduler", {**FLOW_DPM, "solver_type": "bh1"})),
 }
 # Sampler options timed as extra rows (the multistep SDE samplers' Gaussian noise, diffusers' kind of noise).
-OVERHEAD_OPTIONS = {"dpmpp_2m_sde": [{"brownian": False}], "dpmpp_3m_sde": [{"brownian": False}]}
-# Sections, in the order of a full run (--only picks some): 1, 2, 3, 4 (GPU), 5.
-SECTIONS = ("overhead", "pipeline", "accuracy", "compiled", "scheduler")
+OVERHEAD_OPTIONS = {"dpmpp_2m_sde": [{"brownian": False}], "dpmpp_3m_sde": [{"brownian": False}],
+                    "dpmpp_sde": [{"brownian": False}]}
+# Sections, in the order of a full run (--only picks some): 1, 2, 3, 4 (GPU), 5, 7 (6 is benchmarks/real_size.py's).
+SECTIONS = ("overhead", "pipeline", "accuracy", "compiled", "scheduler", "sde")
+# Section 7: the Brownian samplers, and the seconds the emulated network takes per call at each latent size: about
+# an H100's SDXL step at 1024x1024 with CFG, and a FLUX.1-dev step at 1024x1024 (assumed round figures, not measured
+# here; the point is that any network slower than a tree query hides the query).
+SDE_SAMPLERS = ("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde")
+NETWORK_SECONDS = {"SDXL": 0.07, "FLUX": 0.25}
+FLUX_1024_SHAPE = (1, 16, 128, 128)  # FLUX's unpacked latents at 1024x1024 (4096 x 64 packed)
+
+
+def results_name(device: str) -> str:
+    """The results files' name (``.md`` / ``.json``) for ``device``: on a GPU not RESULTS_cuda, which is
+    benchmarks/gpu_check.sh's report (it runs some of these sections into it)."""
+    return "RESULTS_cuda_bench" if device.startswith("cuda") else "RESULTS"
 
 
 def _sync(device: str) -> None:
@@ -193,6 +214,111 @@ def _mu(scheduler) -> dict:
 
 def _short(config: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in config.items() if k not in FLOW_DPM or k == "flow_shift")
+
+
+# --- 7. Brownian noise off the critical path ------------------------------------------------------------------------
+
+def _torchsde_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int):
+    """k-diffusion's Brownian noise as it was: one ``torchsde.BrownianTree`` queried on the sampler's thread."""
+    import torchsde
+
+    positive = sigmas[sigmas > 0]
+    tree = torchsde.BrownianTree(float(positive.min()), torch.zeros_like(x), float(positive.max()), entropy=seed)
+
+    def noise(sigma, sigma_next):
+        a, b = sorted((float(sigma), float(sigma_next)))
+        return tree(a, b) / math.sqrt(b - a) * (1 if sigma < sigma_next else -1)
+
+    return noise
+
+
+def _on_callers_thread(x: torch.Tensor, sigmas: torch.Tensor, seed: int):
+    """Our tree, queried on the sampler's thread: a noise sampler without ``plan``, so nothing is computed ahead."""
+    from k_diffusing.noise import BrownianTreeNoiseSampler
+
+    positive = sigmas[sigmas > 0]
+    tree = BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed=seed)
+    return lambda sigma, sigma_next: tree(sigma, sigma_next)
+
+
+def sde_noise(steps: int, repeats: int) -> dict:
+    """Section 7: seconds per step of each Brownian sampler around a network that sleeps ``NETWORK_SECONDS`` per call
+    (its input returned), in four noise set-ups, runs alternating; and the tree's memory at FLUX 1024x1024."""
+    from k_diffusing.registry import get_sampler
+
+    rows = []
+    for size, shape, (name, config) in (("SDXL", SDXL_SHAPE, ("EulerDiscreteScheduler", {})),
+                                         ("FLUX", FLUX_SHAPE, ("FlowMatchEulerDiscreteScheduler", {}))):
+        scheduler = _scheduler(name, config)
+        scheduler.set_timesteps(steps, **_mu(scheduler))
+        sigmas = torch.unique_consecutive(scheduler.sigmas).double()
+        x = torch.randn(shape)
+        seconds = NETWORK_SECONDS[size]
+
+        def network(x, sigma, **_):
+            time.sleep(seconds)
+            return x
+
+        for sampler in SDE_SAMPLERS:
+            spec = get_sampler(sampler)
+            setups = {
+                "ahead": lambda: {"generator": torch.Generator().manual_seed(0)},
+                "callers_thread": lambda: {"noise_sampler": _on_callers_thread(x, sigmas, 0)},
+                "torchsde": lambda: {"noise_sampler": _torchsde_noise(x, sigmas, 0)},
+                "gaussian": lambda: {"generator": torch.Generator().manual_seed(0), "brownian": False},
+            }
+            kwargs = {}
+            sides = {label: ((lambda make=make: kwargs.update(options=make())),
+                             lambda: spec(network, x, sigmas, disable=True, **kwargs["options"]))
+                     for label, make in setups.items()}
+            times = _alternating_seconds(sides, "cpu", repeats)
+            per_step = {label: statistics.median(t) / steps for label, t in times.items()}
+            rows.append({"sampler": sampler, "size": size, "network_s": seconds, "calls": spec.calls_per_step,
+                         **{f"{label}_s": v for label, v in per_step.items()},
+                         **{f"{label}_ratio": per_step[label] / per_step["gaussian"] for label in setups}})
+            print(f"sde {sampler} {size}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in per_step.items()),
+                  file=sys.stderr, flush=True)
+    return {"steps": steps, "repeats": repeats, "rows": rows, "memory": _tree_memory()}
+
+
+TREE_MEMORY_RUN = """
+import json, math, sys, torch
+import torchsde  # imported before the base reading, so that no side counts the module
+from diffusers import FlowMatchEulerDiscreteScheduler
+from k_diffusing.brownian import DyadicBrownianTree
+from k_diffusing.registry import get_sampler
+mode, steps, shape = sys.argv[1], int(sys.argv[2]), tuple(json.loads(sys.argv[3]))
+def status(field):  # Linux: this process's memory, from /proc
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1]) * 1024
+scheduler = FlowMatchEulerDiscreteScheduler()
+scheduler.set_timesteps(steps)
+sigmas, x, held, own_w = scheduler.sigmas.double(), torch.randn(shape), [0], DyadicBrownianTree._w
+def counting_w(tree, node):
+    value = own_w(tree, node)
+    held[0] = max(held[0], len({**tree.cache, **tree.used}))
+    return value
+DyadicBrownianTree._w = counting_w
+options = {"generator": torch.Generator().manual_seed(0), **({"brownian": False} if mode == "gaussian" else {})}
+if mode == "torchsde":  # k-diffusion's noise: torchsde's tree queried when the sampler asks
+    tree = torchsde.BrownianTree(float(sigmas[-2]), torch.zeros(shape), float(sigmas[0]), entropy=0)
+    options = {"noise_sampler": lambda s, t: tree(float(t), float(s)) / math.sqrt(float(s) - float(t))}
+base = status("VmRSS")
+get_sampler("dpmpp_2m_sde")(lambda x, sigma, **_: x, x, sigmas, disable=True, **options)
+print(json.dumps({"rise": status("VmHWM") - base, "held": held[0]}))
+"""
+
+
+def _tree_memory(steps: int = 50) -> dict:
+    """The Brownian tree's memory in a dpmpp_2m_sde run at FLUX 1024x1024 over ``steps`` steps (FlowMatchEuler's
+    sigmas), around a zero-cost network, each side in a fresh process: the peak resident set's rise during the run
+    with the tree and with ``brownian=False``, and the most increments the tree held at once (each one latent's
+    size)."""
+    runs = {mode: json.loads(_python(TREE_MEMORY_RUN, mode, steps, json.dumps(FLUX_1024_SHAPE)))
+            for mode in ("tree", "torchsde", "gaussian")}
+    mib = math.prod(FLUX_1024_SHAPE) * 4 / 2**20
+    return {"steps": steps, "shape": list(FLUX_1024_SHAPE), "latent_mib": mib,
+            "tree_rise_mib": runs["tree"]["rise"] / 2**20, "torchsde_rise_mib": runs["torchsde"]["rise"] / 2**20,
+            "gaussian_rise_mib": runs["gaussian"]["rise"] / 2**20, "held_increments": runs["tree"]["held"]}
 
 
 # --- 2. full pipeline ----------------------------------------------------------------------------------------------
@@ -587,6 +713,30 @@ def markdown(results: dict) -> str:
         from real_size import section_lines  # section 6, measured by benchmarks/real_size.py
 
         lines += ["", *section_lines(results["real_size"])]
+    if results.get("sde"):
+        sde, memory = results["sde"], results["sde"]["memory"]
+        lines += ["", "## 7. Brownian noise off the critical path", "", *_run_note(results, "sde"),
+                  f"The Brownian-tree samplers, {sde['steps']} steps on the sigmas of section 1, around a network that "
+                  "sleeps per call and returns its input (the host is free while it runs, as while a GPU runs the "
+                  f"network: {NETWORK_SECONDS['SDXL'] * 1e3:.0f} ms at the SDXL size, "
+                  f"{NETWORK_SECONDS['FLUX'] * 1e3:.0f} ms at the FLUX size). Milliseconds per step, median of "
+                  f"{sde['repeats']} alternating runs; in brackets the ratio to `brownian=False` (Gaussian draws). "
+                  "Ahead: the default (the tree computes the sampler's planned queries on a worker thread); "
+                  "caller's thread: the same tree queried when the sampler asks; torchsde: torchsde's "
+                  "`BrownianTree` queried when the sampler asks (k-diffusion's noise, and ours before this change). "
+                  "All three give the same noise, bit for bit.", "",
+                  "| sampler | size | network calls per step | ahead | caller's thread | torchsde | brownian=False |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['sampler']} | {r['size']} | {r['calls']} | "
+                  + " | ".join(f"{r[k + '_s'] * 1e3:.0f} ({r[k + '_ratio']:.3f})"
+                               for k in ("ahead", "callers_thread", "torchsde"))
+                  + f" | {r['gaussian_s'] * 1e3:.0f} |" for r in sde["rows"]]
+        lines += ["", f"Memory at FLUX 1024x1024 (latents {tuple(memory['shape'])}, {memory['latent_mib']:.0f} MiB), "
+                  f"dpmpp_2m_sde, {memory['steps']} steps, zero-cost network, each in a fresh process: the peak "
+                  f"resident set rose {memory['tree_rise_mib']:.0f} MiB during the run with the tree (torchsde's tree, "
+                  f"queried when the sampler asks: {memory['torchsde_rise_mib']:.0f} MiB), "
+                  f"{memory['gaussian_rise_mib']:.0f} MiB with `brownian=False`; the tree held at most {memory['held_increments']} increments at once, "
+                  "plus at most 3 computed ahead (2 waiting, 1 in progress)."]
     return "\n".join(lines) + "\n"
 
 
@@ -616,6 +766,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
                    help=f"run only these sections ({', '.join(SECTIONS)}); the others' results are kept from the "
                         "existing RESULTS json and the markdown is regenerated from it")
+    p.add_argument("--sde-steps", type=int, default=10, help="steps of section 7's runs (CPU only)")
+    p.add_argument("--sde-repeats", type=int, default=3, help="alternating runs of each noise set-up in section 7")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
     p.add_argument("--steady-heap", action="store_true",
                    help="glibc: no heap trimming, no mmap below 32 MiB (steadier CPU timings; see steady_heap)")
@@ -626,10 +778,10 @@ def main(argv=None) -> int:
     if args.steady_heap:
         steady_heap()
     cuda = args.device.startswith("cuda")
-    name = "RESULTS" if not cuda else "RESULTS_cuda"
+    name = results_name(args.device)
     command = "python benchmarks/bench.py " + " ".join(argv or sys.argv[1:])
     sections = args.only or [s for s in SECTIONS if not (s == "pipeline" and args.skip_pipeline)
-                             and (s != "compiled" or cuda)]
+                             and (s != "compiled" or cuda) and (s != "sde" or not cuda)]
     saved = args.out / f"{name}.json"
     saved_results = json.loads(saved.read_text()) if saved.exists() else {}
     results = saved_results if args.only else {}
@@ -651,6 +803,8 @@ def main(argv=None) -> int:
             results["compiled"] = compiled(args.device, args.pipeline_steps)
         elif section == "scheduler":
             results["scheduler"] = scheduler_overhead(args.device, args.steps, args.scheduler_repeats)
+        elif section == "sde":
+            results["sde"] = sde_noise(args.sde_steps, args.sde_repeats)
         results.setdefault("runs", {})[section] = {"command": command, "machine": machine(args.device),
                                                    "load": [list(load), list(os.getloadavg())],
                                                    "steady_heap": args.steady_heap}

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 from bench import FLOW_DPM, machine
 
 HERE = Path(__file__).resolve().parent
@@ -634,8 +635,9 @@ def replace_section(markdown: str, section: str) -> str:
 
 
 def write_results(real: dict, out: Path) -> None:
-    """The ``real_size`` key of RESULTS.json (RESULTS_cuda.json on CUDA) and section 6 of the matching markdown."""
-    name = "RESULTS_cuda" if real["device"].startswith("cuda") else "RESULTS"
+    """The ``real_size`` key of RESULTS.json (on CUDA bench.py's RESULTS_cuda_bench.json) and section 6 of the
+    matching markdown."""
+    name = bench.results_name(real["device"])
     saved = out / f"{name}.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
     results["real_size"] = real
@@ -685,7 +687,7 @@ def settings_from(argv) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--no-sde", action="store_true", help="skip the SDXL SDE rows (Brownian tree vs brownian=False)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--write-results", action="store_true",
-                   help="write section 6 of benchmarks/RESULTS.md (RESULTS_cuda.md on CUDA) and its json key")
+                   help="write section 6 of benchmarks/RESULTS.md (RESULTS_cuda_bench.md on CUDA) and its json key")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny networks of the same classes at 64x64: checks the code path in seconds")
     args = p.parse_args(argv)

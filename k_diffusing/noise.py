@@ -1,12 +1,13 @@
-"""Noise samplers: per-step Gaussian noise from explicit generators, and Brownian trees (torchsde).
+"""Noise samplers: per-step Gaussian noise from explicit generators, and Brownian trees (torchsde's path).
 
 A noise sampler is a callable ``noise_sampler(sigma, sigma_next) -> Tensor`` shaped like the sample, returning unit
 Gaussian noise for the step from ``sigma`` to ``sigma_next`` (k-diffusion's contract).
 
 Batch invariance: given a list of generators, one per batch item, item ``i`` of every draw comes from generator ``i``
 alone, so image ``i`` of a batch equals the image made alone with generator ``i``. Brownian trees follow the same rule
-with one ``torchsde.BrownianTree`` per item (Li et al. 2020, "Scalable Gradients for Stochastic Differential
-Equations", arXiv 2001.01328, Sec. 4 for the Brownian tree / virtual Brownian interval).
+with one tree per item: :class:`k_diffusing.brownian.DyadicBrownianTree`, the path of ``torchsde.BrownianTree`` (Li et
+al. 2020, "Scalable Gradients for Stochastic Differential Equations", arXiv 2001.01328, Sec. 4 for the Brownian tree /
+virtual Brownian interval) bit for bit.
 
 Without a generator or a noise sampler, noise comes from torch's global RNG, exactly as in k-diffusion
 (``torch.randn_like``); pipelines always pass generators.

@@ -53,9 +53,10 @@ def check_brownian(brownian: bool, noise_sampler) -> None:
     """The multistep SDE samplers' noise choice. ``brownian=True`` (default): a Brownian tree, k-diffusion's and
     ComfyUI's noise, so a seed gives the same Brownian path whatever the step count. ``brownian=False``: independent
     Gaussian draws per step, as diffusers' SDE-DPM-Solver++ draws them; the same distribution (each step needs one
-    increment over its own interval) at a fraction of the cost (a tree query descends some 24 levels, each drawing
-    full-size noise: ``benchmarks/RESULTS.md``), but the noise is tied to the step index instead of the sigma
-    interval. An explicit ``noise_sampler`` decides by itself, so ``brownian=False`` with one is refused."""
+    increment over its own interval) with one draw a step instead of some 15-19 (a tree query descends about 24
+    levels; the tree computes them ahead, off the critical path: ``benchmarks/RESULTS.md`` section 7), but the noise
+    is tied to the step index instead of the sigma interval. An explicit ``noise_sampler`` decides by itself, so
+    ``brownian=False`` with one is refused."""
     if not isinstance(brownian, bool):
         raise TypeError(f"brownian must be True or False, got {brownian!r}")
     if noise_sampler is not None and not brownian:

@@ -1,7 +1,8 @@
 """Sampler gallery for SDXL pipelines: ``python test_sdxl.py [--model DIR_OR_HUB_ID] [--steps N] ...``.
 
 Renders one image strip per k-sampler of the catalogue with :class:`k_diffusing.KSDXLPipeline` (default: the
-embedded tiny SDXL model) into ``outputs/gallery/sdxl/``, plus a labelled ``grid.png``. ``--help`` lists the options.
+embedded tiny SDXL model) into ``outputs/runs/sdxl/`` (``--update-goldens``: the committed goldens in
+``outputs/gallery/sdxl/``), plus a labelled ``grid.png``. ``--help`` lists the options.
 A script, not a pytest module: pytest collects only ``tests/``.
 """
 

@@ -1,8 +1,9 @@
 """``python -m k_diffusing``: the package's command line.
 
 ``gallery`` (the default): render every sampler with the embedded SDXL and FLUX models (:mod:`k_diffusing.gallery`,
-the same as ``test_sdxl.py`` and ``test_flux.py``) into ``outputs/gallery/``; ``--write README.md`` refreshes the
-README's gallery table.
+the same as ``test_sdxl.py`` and ``test_flux.py``) into ``outputs/runs/`` (git ignores it), or with
+``--update-goldens`` into the committed goldens in ``outputs/gallery/``; ``--write README.md`` (with
+``--update-goldens``: the table shows the goldens) refreshes the README's gallery table.
 
 ``generate``: one PNG per job of a job file, split over processes by ``accelerate`` (:mod:`k_diffusing.generate`).
 
@@ -30,20 +31,30 @@ def main(argv=None) -> int:
     cat = commands.add_parser("catalogue", help="measure and print the sampler catalogue")
     cat.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
     gallery = commands.add_parser("gallery", help="render every sampler with the embedded SDXL and FLUX models")
-    gallery.add_argument("--out", type=Path, default=Path("outputs") / "gallery", help="output folder")
+    gallery.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/runs, git ignores it)")
+    gallery.add_argument("--update-goldens", action="store_true",
+                         help="write into outputs/gallery, the committed goldens (README table, image regression)")
     gallery.add_argument("--steps", type=int, default=20, help="sampler steps")
     gallery.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
     args = parser.parse_args(argv)
     if args.command in (None, "gallery"):
         from .catalogue import write_into
-        from .gallery import gallery_table
+        from .gallery import BadArguments, gallery_table, output_folder
         from .gallery import main as render
 
-        out, steps = getattr(args, "out", Path("outputs") / "gallery"), getattr(args, "steps", 20)
+        update, write = getattr(args, "update_goldens", False), getattr(args, "write", None)
+        try:
+            if write and not update:
+                raise BadArguments("--write puts the gallery table into the README, which shows the committed goldens: "
+                                   "add --update-goldens")
+            out = output_folder(getattr(args, "out", None), update)
+        except BadArguments as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise
         folders = {kind: out / kind for kind in ("sdxl", "flux")}
         for kind, folder in folders.items():
-            render(kind, ["--out", str(folder), "--steps", str(steps)])
-        if getattr(args, "write", None):
+            render(kind, ["--out", str(folder), "--steps", str(getattr(args, "steps", 20))])
+        if write:
             write_into(args.write, gallery_table(folders, args.write.parent), section="gallery")
             print(f"wrote the gallery table into {args.write}", file=sys.stderr)
     elif args.command == "catalogue":

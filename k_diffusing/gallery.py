@@ -9,11 +9,15 @@ named with ``--samplers``; they stay available through :mod:`k_diffusing.samplin
 2, before any model is loaded.
 
 Every sampler gets the same prompts, seeds (one CPU generator per image, ``seed + i``) and number of steps, on the
-pipeline's own sigmas unless ``--sigma-schedule`` names one. Outputs in ``--out``: ``<sampler>.png`` (the prompts'
-images side by side), ``grid.png`` (one labelled row per sampler) and ``gallery.json`` (the settings, and per
-sampler the model calls and, when every prompt is a caption of :mod:`k_diffusing.embedded.shapes`, the adherence
-score of each image from :mod:`k_diffusing.embedded.score`). Files are written under a temporary name and renamed,
-so an interrupted run leaves only complete files.
+pipeline's own sigmas unless ``--sigma-schedule`` names one. Outputs: ``<sampler>.png`` (the prompts' images side
+by side), ``grid.png`` (one labelled row per sampler), ``gallery.json`` (the settings, and per sampler the model
+calls and, when every prompt is a caption of :mod:`k_diffusing.embedded.shapes`, the adherence score of each image
+from :mod:`k_diffusing.embedded.score`) and ``timings.json`` (seconds per sampler: they vary from run to run, so
+they stay out of ``gallery.json``, and out of git). Files are written under a temporary name and renamed, so an
+interrupted run leaves only complete files.
+
+Where: ``--out DIR``; by default :data:`RUNS` ``/<kind>``, which git ignores. The committed goldens in
+:data:`GOLDENS` (the README's gallery table, the image-diff regression) are written only with ``--update-goldens``.
 
 The default model is the embedded one of the family (:data:`EMBEDDED`, trained by
 :mod:`k_diffusing.embedded.train_sdxl` / :mod:`k_diffusing.embedded.train_flux`), named ``embedded:sdxl`` /
@@ -45,6 +49,8 @@ DEFAULT_PROMPTS = (
     "a small blue circle on the right, white background",
 )
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GOLDENS = Path("outputs") / "gallery"  # committed: the README's gallery table and the image-diff regression's goldens
+RUNS = Path("outputs") / "runs"  # the default output folder (git ignores it)
 CELL = 96  # pixels per image in grid.png (small images are scaled up, nearest neighbour)
 
 
@@ -101,7 +107,10 @@ def parser(kind: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=f"embedded:{kind}",
                    help=f"diffusers {family} folder or hub id (default: embedded:{kind}, the embedded model)")
-    p.add_argument("--out", type=Path, default=Path("outputs") / "gallery" / kind, help="output folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output folder (default: {RUNS / kind}, which git ignores)")
+    p.add_argument("--update-goldens", action="store_true",
+                   help=f"write into {GOLDENS / kind}, the committed goldens (README gallery, image regression)")
     p.add_argument("--prompt", nargs="+", default=list(DEFAULT_PROMPTS), help="one or more prompts (one image each)")
     p.add_argument("--samplers", nargs="+", default=None, help="catalogue names or A1111 names (default: all)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (num_inference_steps)")
@@ -112,6 +121,7 @@ def parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="default: the VAE's sample_size")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: float32 on cpu, bfloat16 otherwise")
+    p.set_defaults(kind=kind)
     return p
 
 
@@ -124,6 +134,7 @@ def validate(args) -> list:
 
     if args.steps < 1:
         raise BadArguments(f"--steps must be at least 1, got {args.steps}")
+    args.out = output_folder(args.out, args.update_goldens, args.kind)
     if args.sigma_schedule is not None and args.sigma_schedule not in SCHEDULES:
         raise BadArguments(str(unknown_name("sigma schedule", args.sigma_schedule, SCHEDULES)))
     for side in ("height", "width"):
@@ -148,6 +159,15 @@ def validate(args) -> list:
                                f"{args.sigma_schedule!r}")
         chosen.append((spec.name, spec, schedule or args.sigma_schedule))
     return chosen
+
+
+def output_folder(out: Path | None, update_goldens: bool, kind: str | None = None) -> Path:
+    """``out``, or the goldens' folder with ``update_goldens``, else the runs folder (``kind``: the family's
+    subfolder; ``None``: the folder of both families)."""
+    if out is not None and update_goldens:
+        raise BadArguments(f"--out {out} and --update-goldens both choose the output folder; give one")
+    base = GOLDENS if update_goldens else RUNS
+    return out if out is not None else (base / kind if kind else base)
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
@@ -292,7 +312,7 @@ def main(kind: str, argv=None) -> int:
         "model": model_label(args.model), "kind": kind, "prompts": list(args.prompt), "seed": args.seed, "device": device,
         "dtype": str(dtype).removeprefix("torch."), **{k: v for k, v in options.items()}, "samplers": {},
     }
-    rows = []
+    rows, timings = [], {}
     for name, spec, schedule in tqdm(chosen, desc=f"{kind} samplers", position=0):
         started = time.perf_counter()
         images, calls = render(pipe, args.prompt, name, schedule, args.seed, options)
@@ -304,12 +324,12 @@ def main(kind: str, argv=None) -> int:
         if scores is not None:
             label += f", adherence {sum(scores) / len(scores):.2f}"
         rows.append((label, strip(images)))
-        record["samplers"][spec.name] = {
-            "schedule": schedule, "model_calls": calls, "seconds": round(seconds, 3), "adherence": scores,
-        }
+        record["samplers"][spec.name] = {"schedule": schedule, "model_calls": calls, "adherence": scores}
+        timings[spec.name] = round(seconds, 3)
     save_atomic(labelled_grid(rows), args.out / "grid.png")
     save_atomic(json.dumps(record, indent=1), args.out / "gallery.json")
-    print(f"wrote {len(rows)} sampler strips, grid.png and gallery.json to {args.out}", file=sys.stderr)
+    save_atomic(json.dumps({"device": device, "seconds": timings}, indent=1), args.out / "timings.json")
+    print(f"wrote {len(rows)} sampler strips, grid.png, gallery.json and timings.json to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -55,6 +55,10 @@ def test_gallery_writes_strips_grid_and_record(saved, tmp_path, kind):
         assert Image.open(out / f"{name}.png").size == (64, 32)  # two 32x32 images side by side
     assert Image.open(out / "grid.png").size[1] == 3 * gallery.CELL
     assert not list(out.glob(".*.tmp"))
+    # seconds vary from run to run: they go to timings.json (git ignores it in the goldens), not into gallery.json
+    assert all("seconds" not in e for e in record["samplers"].values())
+    timings = json.loads((out / "timings.json").read_text())["seconds"]
+    assert list(timings) == ["euler", "dpmpp_2m", "heun"] and all(t > 0 for t in timings.values())
 
 
 def test_gallery_is_reproducible_and_matches_a_direct_pipeline_call(saved, tmp_path):
@@ -101,6 +105,30 @@ def test_gallery_refuses_bad_arguments_before_loading(tmp_path, capsys, argv, me
     assert error.value.code == 2  # as argparse's own errors
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_goldens_are_written_only_when_asked(tmp_path, capsys):
+    # the README's commands must leave git clean: by default the gallery goes to outputs/runs/<kind> (ignored); the
+    # committed goldens only with --update-goldens, never together with --out; the main job's --write (the README
+    # table shows the goldens) needs --update-goldens, refused before anything renders
+    from k_diffusing.__main__ import main as package_main
+
+    def out(argv):
+        args = gallery.parser("flux").parse_args(argv)
+        gallery.validate(args)
+        return args.out
+
+    assert out([]) == Path("outputs") / "runs" / "flux"
+    assert out(["--update-goldens"]) == Path("outputs") / "gallery" / "flux"
+    assert out(["--out", str(tmp_path)]) == tmp_path
+    with pytest.raises(gallery.BadArguments, match="--update-goldens both choose the output folder"):
+        out(["--out", str(tmp_path), "--update-goldens"])
+    with pytest.raises(SystemExit) as error:
+        package_main(["gallery", "--write", str(tmp_path / "README.md")])
+    assert error.value.code == 2 and "add --update-goldens" in capsys.readouterr().err
+    ignored = subprocess.run(["git", "check-ignore", "outputs/runs/sdxl/euler.png", "outputs/gallery/flux/timings.json"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == ["outputs/runs/sdxl/euler.png", "outputs/gallery/flux/timings.json"]
 
 
 def test_gallery_leaves_out_the_samplers_pipelines_cannot_run():

@@ -76,6 +76,19 @@ def test_default_sampler_draws_the_prompt(embedded):
     assert adherence >= DEFAULT_FLOOR[kind] and clean >= CLEAN_FLOOR[kind], (adherence, clean)
 
 
+def test_the_default_call_draws_the_prompt_at_the_trained_size(embedded):
+    # the pipeline's own defaults (size, steps, guidance), as a first-time user calls it: the image has the VAE's
+    # trained size (32x32; KFluxPipeline took FluxPipeline's fixed 1024 / 8 = 128 latent pixels before, i.e. 256x256,
+    # and drew flat colour) and the prompt, by the floors of the default sampler
+    kind, pipe = embedded
+    prompts = evaluation_prompts(8)
+    images = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    side = pipe.vae.config.sample_size
+    assert tuple(images.shape[-2:]) == (side, side)
+    scores = adherence_batch(images, prompts, value_range=(0, 1))
+    assert sum(scores) / len(scores) >= DEFAULT_FLOOR[kind], scores
+
+
 @pytest.mark.parametrize("sampler", [spec.name for spec in pipeline_samplers()])
 def test_every_sampler_draws_the_prompt(embedded, sampler):
     kind, pipe = embedded

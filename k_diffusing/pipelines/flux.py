@@ -11,11 +11,17 @@ log-SNR, ancestral split and noise from it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from diffusers import FluxPipeline
 
 from .common import KPipelineMixin, call_signature
+
+# The position of FluxPipeline.__call__'s max_sequence_length among the positional arguments (after self); passed
+# that way it is the caller's, and the default below does not apply
+_MAX_SEQUENCE_LENGTH_POSITION = list(inspect.signature(FluxPipeline.__call__).parameters).index(
+    "max_sequence_length") - 1
 
 
 class KFluxPipeline(KPipelineMixin, FluxPipeline):
@@ -59,10 +65,35 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
         ``sigma_schedule="vp"``, or ``align_your_steps``, which has no flow table) and custom ``sigmas`` together
         with a ``sigma_schedule``.
         """
+        if "max_sequence_length" not in kwargs and len(args) < _MAX_SEQUENCE_LENGTH_POSITION:
+            kwargs["max_sequence_length"] = self.default_max_sequence_length
         return self.k_call(args, kwargs, noise, seed, noise_options, sampler=sampler, sigma_schedule=sigma_schedule,
                            sampler_kwargs=sampler_kwargs, check_finite=check_finite)
 
     __call__.__signature__ = call_signature(FluxPipeline.__call__, __call__)
+
+    @property
+    def default_max_sequence_length(self) -> int:
+        """The default T5 prompt length: the T5 tokenizer's own limit (``model_max_length``), at most FluxPipeline's
+        512. FLUX.1's tokenizer allows 512, FluxPipeline's default; the embedded model was trained with 48 tokens,
+        and 512 (padding it was never trained on) washes its prompts out."""
+        if self.tokenizer_2 is None:
+            return 512
+        return min(512, int(self.tokenizer_2.model_max_length))
+
+    @property
+    def default_sample_size(self) -> int:
+        """The default image size in latent pixels: the VAE's trained image size (``vae.config.sample_size``) over
+        ``vae_scale_factor``. FluxPipeline fixes it at 128, FLUX.1's 1024 / 8, which this gives too; a model trained
+        at another size gets its own (the embedded FLUX model: 32 / 2 = 16, so its default call renders 32x32, not
+        the 256x256 it never saw)."""
+        if self.vae is None:
+            return self._parent_default_sample_size
+        return self.vae.config.sample_size // self.vae_scale_factor
+
+    @default_sample_size.setter
+    def default_sample_size(self, value: int) -> None:  # FluxPipeline.__init__ assigns its constant
+        self._parent_default_sample_size = value
 
     def noise_layout(self, images: int, height: int, width: int):
         """The seed modes' noise shape, FLUX's unpacked latents ``(images, C, h, w)`` with ``prepare_latents``'

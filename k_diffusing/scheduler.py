@@ -378,6 +378,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 discard = discard and timesteps is None and sigmas is None
             own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu))  # our own copy
             k_sigmas, known = own.sigmas, own.known
+            if sigmas is not None and self.geometry is VE:
+                table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())
+                check_schedule_fits(k_sigmas, None, float(table[-1]), "the model's sigma table")
         if discard:
             k_sigmas = seeding.drop_penultimate(k_sigmas)
         check_sigmas(k_sigmas, self.geometry)

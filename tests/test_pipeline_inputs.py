@@ -70,12 +70,14 @@ def test_non_integer_steps_are_a_type_error(pipes, which, steps, monkeypatch):
 
 def test_a_schedule_the_geometry_cannot_use_is_refused(pipes, monkeypatch):
     """Flow has no sigma above 1 (vp, custom sigmas; align_your_steps has no flow table); SDXL's UNet knows no
-    noise level above the top of its table (vp)."""
+    noise level above the top of its table (vp, custom sigmas: the network would see a clamped timestep)."""
     sdxl, flux = pipes
     for pipe in pipes:
         _no_model_calls(pipe, monkeypatch)
     with pytest.raises(ValueError, match=r"above 14.61\d*, the largest noise level of the model's sigma table"):
         sdxl(**SDXL, sigma_schedule="vp")
+    with pytest.raises(ValueError, match=r"custom sigmas start at sigma 1e\+06, above 14.61\d*, the largest noise"):
+        sdxl(**SDXL, sampler="euler", sigmas=[1e6, 0.0])
     with pytest.raises(ValueError, match=r"above 1, the largest noise level of a flow model"):
         flux(**FLUX, sigma_schedule="vp")
     with pytest.raises(ValueError, match="align_your_steps has no published table for flow models"):

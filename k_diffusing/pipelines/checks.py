@@ -112,12 +112,13 @@ def check_sigmas(sigmas, geometry: Geometry) -> None:
     check_schedule(sigmas.tolist(), geometry)
 
 
-def check_schedule_fits(sigmas: torch.Tensor, schedule: str, sigma_max: float, model: str) -> None:
-    """A named schedule must start at or below the model's largest noise level (the top of its sigma table): above
-    it the network would be fed a clamped timestep that does not match the noise in ``x``."""
+def check_schedule_fits(sigmas: torch.Tensor, schedule: str | None, sigma_max: float, model: str) -> None:
+    """A named schedule (``schedule``) or custom sigmas (``None``) must start at or below the model's largest noise
+    level (the top of its sigma table): above it the network would be fed a clamped timestep that does not match the
+    noise in ``x``."""
     if float(sigmas[0]) > sigma_max * (1 + SIGMA_MAX_SLACK_TABLE):
-        raise ValueError(
-            f"sigma_schedule={schedule!r} starts at sigma {float(sigmas[0]):.6g}, above {sigma_max:.6g}, the largest "
-            f"noise level of {model}; choose a schedule over the model's sigma table "
-            "(karras, exponential, normal, simple, sgm_uniform, beta, kl_optimal ...)"
-        )
+        what = "custom sigmas start" if schedule is None else f"sigma_schedule={schedule!r} starts"
+        advice = ("pass sigmas within the model's range" if schedule is None else "choose a schedule over the model's "
+                  "sigma table (karras, exponential, normal, simple, sgm_uniform, beta, kl_optimal ...)")
+        raise ValueError(f"{what} at sigma {float(sigmas[0]):.6g}, above {sigma_max:.6g}, the largest noise level "
+                         f"of {model}; {advice}")

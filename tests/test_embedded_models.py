@@ -53,6 +53,18 @@ def test_embedded_models_are_small_and_have_the_real_architectures(embedded):
         assert isinstance(pipe.text_encoder_2, T5EncoderModel)
 
 
+def test_the_k_pipelines_load_the_embedded_models_by_name():
+    # "embedded:sdxl" / "embedded:flux", as the command lines take them, work in from_pretrained too
+    from k_diffusing import KFluxPipeline, KSDXLPipeline
+
+    sdxl = KSDXLPipeline.from_pretrained("embedded:sdxl")
+    flux = KFluxPipeline.from_pretrained("embedded:flux")
+    assert type(sdxl) is KSDXLPipeline and type(flux) is KFluxPipeline
+    assert sdxl.unet.config.sample_size == 16 and flux.vae.config.sample_size == 32
+    with pytest.raises(ValueError, match="unknown embedded model 'embedded:sd3': expected one of 'embedded:sdxl'"):
+        KSDXLPipeline.from_pretrained("embedded:sd3")
+
+
 # CFG++ samplers run at a CFG++ scale (FLUX: true CFG with an empty negative prompt). Measured at 0.6, 8 prompts,
 # 20 steps: SDXL adherence 0.85 (dpmpp_2s_ancestral_cfg_pp) to 0.975, FLUX 0.90 to 0.975 (euler: 0.95 / 1.0).
 CFG_PP_SCALE = 0.6

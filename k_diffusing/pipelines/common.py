@@ -165,6 +165,16 @@ class KPipelineMixin(SavesAsParent):
     A loaded KScheduler is not used as it is in these modes (a fresh one carries the mode).
     """
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """The parent's ``from_pretrained``; ``"embedded:sdxl"`` / ``"embedded:flux"`` name the embedded tiny models,
+        as the command lines take them (:func:`k_diffusing.gallery.model_location`)."""
+        if isinstance(pretrained_model_name_or_path, str) and pretrained_model_name_or_path.startswith("embedded:"):
+            from ..gallery import model_location
+
+            pretrained_model_name_or_path = model_location(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def k_call(self, args: tuple, kwargs: dict, noise: str = "diffusers", seed=None, noise_options: dict | None = None,
                **options):
         """Check the call, then run the parent's ``__call__(*args, **kwargs)`` with the KScheduler ``options``

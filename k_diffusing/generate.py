@@ -526,8 +526,13 @@ def main(argv=None) -> int:
     if device.type == "cpu":  # accelerate says cpu:0 under torchrun; diffusers' SDXL then gives other bits than on cpu
         device = torch.device("cpu")
     dtype = DTYPES[args.dtype or ("float32" if device.type == "cpu" else "bfloat16")]
+    try:
+        pipe = load_pipeline(args.kind, model, device, dtype)
+    except (OSError, ValueError) as error:  # a missing folder, an unreachable hub id, a folder of another family
+        print(f"error: cannot load --model {model!r} as a {args.kind} pipeline: {str(error).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.kind, model, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     mine = len(jobs[state.process_index::state.num_processes])
     with torch.inference_mode(), tqdm(total=mine, desc=f"process {state.process_index}",

@@ -117,6 +117,18 @@ def test_bad_job_files_are_refused_naming_the_line(tmp_path, capsys, name, text,
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("model", ["/nonexistent/model", "embedded:flux"], ids=["missing", "other-family"])
+def test_a_model_that_does_not_load_is_exit_2_and_writes_nothing(tmp_path, capsys, model):
+    # a missing folder, or a folder of the other family (the FLUX model as --kind sdxl): one line, exit 2 (bad input,
+    # as the job-file checks), and no --out folder left behind
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a cat\n")
+    assert main([str(jobs), "--model", model, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot load --model {model!r} as a sdxl pipeline:" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_command_line_defaults_are_checked_and_jobs_override_them(tmp_path):
     path = tmp_path / "jobs.txt"
     path.write_text("a cat\n# skipped\n\na dog\n")

@@ -27,6 +27,7 @@ each draw, so a replacement installed there (the A1111 seed mode's Gaussian sour
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 

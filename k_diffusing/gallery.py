@@ -211,7 +211,9 @@ def pipeline_options(kind: str, pipe, steps: int, height=None, width=None, guida
     if guidance_scale is not None:
         options["guidance_scale"] = guidance_scale
     if kind == "flux":
-        options["max_sequence_length"] = min(512, pipe.tokenizer_2.model_max_length)
+        from .pipelines.flux import t5_length
+
+        options["max_sequence_length"] = t5_length(pipe)
     return options
 
 

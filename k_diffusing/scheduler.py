@@ -76,7 +76,7 @@ class CallPlan:
 
 def takes(function, name: str) -> bool:
     """Whether a sampler (spec or function) has parameter ``name`` (signatures read once)."""
-    return name in parameters(function.function if isinstance(function, SamplerSpec) else function)
+    return name in parameters(function)
 
 
 def plan_calls(function: Callable, kwargs: dict, sigmas: list[float], geometry: Geometry) -> CallPlan:

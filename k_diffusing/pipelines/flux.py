@@ -24,6 +24,15 @@ _MAX_SEQUENCE_LENGTH_POSITION = list(inspect.signature(FluxPipeline.__call__).pa
     "max_sequence_length") - 1
 
 
+def t5_length(pipe) -> int:
+    """The T5 prompt length a FLUX pipeline's model was made for: its T5 tokenizer's own limit
+    (``model_max_length``), at most FluxPipeline's 512. FLUX.1's tokenizer allows 512, FluxPipeline's default; the
+    embedded model was trained with 48 tokens, and 512 (padding it was never trained on) washes its prompts out."""
+    if pipe.tokenizer_2 is None:
+        return 512
+    return min(512, int(pipe.tokenizer_2.model_max_length))
+
+
 class KFluxPipeline(KPipelineMixin, FluxPipeline):
     """FluxPipeline whose scheduler runs a k-sampler (see ``__call__``'s extra arguments)."""
 
@@ -74,12 +83,8 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
 
     @property
     def default_max_sequence_length(self) -> int:
-        """The default T5 prompt length: the T5 tokenizer's own limit (``model_max_length``), at most FluxPipeline's
-        512. FLUX.1's tokenizer allows 512, FluxPipeline's default; the embedded model was trained with 48 tokens,
-        and 512 (padding it was never trained on) washes its prompts out."""
-        if self.tokenizer_2 is None:
-            return 512
-        return min(512, int(self.tokenizer_2.model_max_length))
+        """The default T5 prompt length, :func:`t5_length` of the pipeline's T5 tokenizer."""
+        return t5_length(self)
 
     @property
     def default_sample_size(self) -> int:

@@ -231,9 +231,21 @@ class DryRun:
         return torch.zeros(1, 1)
 
 
-@functools.lru_cache(maxsize=None)
 def parameters(function: Callable) -> frozenset:
-    """The names of a sampler function's parameters (read once per function)."""
+    """The names of a sampler function's parameters, read once per function: a registry spec's or a
+    ``functools.partial``'s (SamplerRun's ``replay``, a new one every run) are those of the function they wrap, so
+    the cache holds one entry per sampler function."""
+    while True:
+        if isinstance(function, functools.partial):
+            function = function.func
+        elif callable(getattr(function, "function", None)):  # a registry SamplerSpec
+            function = function.function
+        else:
+            return _signature_names(function)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_names(function: Callable) -> frozenset:
     return frozenset(inspect.signature(function).parameters)
 
 
@@ -243,7 +255,7 @@ def dry_run(function: Callable, geometry: Geometry, sigmas: list[float], **optio
     whose calls and noise queries depend only on the schedule and its options, not on the data (all but
     dpm_adaptive)."""
     recorder = DryRun(geometry)
-    if "noise_sampler" in parameters(getattr(function, "function", function)):  # a registry spec wraps its function
+    if "noise_sampler" in parameters(function):
         options["noise_sampler"] = recorder.noise
     with torch.random.fork_rng(devices=[]):
         function(recorder, torch.zeros(1, 1), torch.tensor(sigmas, dtype=torch.float64), disable=True, **options)

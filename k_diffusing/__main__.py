@@ -3,7 +3,9 @@
 ``gallery`` (the default): render every sampler with the embedded SDXL and FLUX models (:mod:`k_diffusing.gallery`,
 the same as ``test_sdxl.py`` and ``test_flux.py``) into ``outputs/runs/`` (git ignores it), or with
 ``--update-goldens`` into the committed goldens in ``outputs/gallery/``; ``--write README.md`` (with
-``--update-goldens``: the table shows the goldens) refreshes the README's gallery table.
+``--update-goldens``: the table shows the goldens) refreshes the README's gallery table; ``--samplers`` renders
+only the named ones (not with ``--update-goldens``). Progress: one bar per family over its samplers (stderr); at the
+end, one table (stdout) of every sampler's seconds, model calls and adherence in both families.
 
 ``generate``: one PNG per job of a job file, split over processes by ``accelerate`` (:mod:`k_diffusing.generate`).
 
@@ -35,11 +37,13 @@ def main(argv=None) -> int:
     gallery.add_argument("--update-goldens", action="store_true",
                          help="write into outputs/gallery, the committed goldens (README table, image regression)")
     gallery.add_argument("--steps", type=int, default=20, help="sampler steps")
+    gallery.add_argument("--samplers", nargs="+", default=None,
+                         help="catalogue or A1111 names (default: every sampler the gallery renders)")
     gallery.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
     args = parser.parse_args(argv)
     if args.command in (None, "gallery"):
         from .catalogue import write_into
-        from .gallery import BadArguments, gallery_table, output_folder
+        from .gallery import BadArguments, gallery_table, output_folder, summary_table
         from .gallery import main as render
 
         update, write = getattr(args, "update_goldens", False), getattr(args, "write", None)
@@ -47,13 +51,19 @@ def main(argv=None) -> int:
             if write and not update:
                 raise BadArguments("--write puts the gallery table into the README, which shows the committed goldens: "
                                    "add --update-goldens")
+            if update and getattr(args, "samplers", None):
+                raise BadArguments("--samplers with --update-goldens would rewrite the goldens' gallery.json with only "
+                                   "those samplers (the image regression checks every one): drop one of them")
             out = output_folder(getattr(args, "out", None), update)
         except BadArguments as error:
             print(f"error: {error}", file=sys.stderr)
             raise
         folders = {kind: out / kind for kind in ("sdxl", "flux")}
+        samplers = getattr(args, "samplers", None)
+        chosen = ["--samplers", *samplers] if samplers else []
         for kind, folder in folders.items():
-            render(kind, ["--out", str(folder), "--steps", str(getattr(args, "steps", 20))])
+            render(kind, ["--out", str(folder), "--steps", str(getattr(args, "steps", 20)), *chosen], summary=False)
+        print(summary_table(folders, notes=samplers is None), flush=True)
         if write:
             write_into(args.write, gallery_table(folders, args.write.parent), section="gallery")
             print(f"wrote the gallery table into {args.write}", file=sys.stderr)

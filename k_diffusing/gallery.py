@@ -6,7 +6,7 @@
 Samplers the K pipelines cannot run (:data:`k_diffusing.scheduler.UNPLANNABLE`: ``dpm_adaptive``, whose number of
 model calls depends on the data, so no timesteps can be given to a pipeline upfront) are left out, and refused when
 named with ``--samplers``; they stay available through :mod:`k_diffusing.sampling`. Bad arguments exit with status
-2, before any model is loaded.
+2, before any model is loaded; so does a ``--model`` that does not load (one line), before any file is written.
 
 Every sampler gets the same prompts, seeds (one CPU generator per image, ``seed + i``) and number of steps, on the
 pipeline's own sigmas unless ``--sigma-schedule`` names one. Outputs: ``<sampler>.png`` (the prompts' images side
@@ -29,9 +29,11 @@ the checkout lies, and any other model as given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -135,6 +137,9 @@ def validate(args) -> list:
     if args.steps < 1:
         raise BadArguments(f"--steps must be at least 1, got {args.steps}")
     args.out = output_folder(args.out, args.update_goldens, args.kind)
+    if args.update_goldens and args.samplers is not None:
+        raise BadArguments("--samplers with --update-goldens would rewrite the goldens' gallery.json with only those "
+                           "samplers (the image regression checks every one): drop one of them")
     if args.sigma_schedule is not None and args.sigma_schedule not in SCHEDULES:
         raise BadArguments(str(unknown_name("sigma schedule", args.sigma_schedule, SCHEDULES)))
     for side in ("height", "width"):
@@ -202,6 +207,21 @@ def load_pipeline(kind: str, model: str, device: str | torch.device, dtype: torc
     return cls.from_pretrained(model_location(model), dtype=dtype).to(device)
 
 
+LOAD_ERRORS = (OSError, ValueError, KeyError)  # a missing folder or hub id, another family's folder, no _class_name
+
+
+def load_or_refuse(kind: str, model: str, device, dtype: torch.dtype, option: str = "--model"):
+    """:func:`load_pipeline` for a command line: a model that does not load (:data:`LOAD_ERRORS`) is
+    :class:`BadArguments` (exit status 2) with one line naming ``option``, the model and the loader's first line.
+    The loading progress bars are off (:func:`quiet_loading`)."""
+    try:
+        with quiet_loading():
+            return load_pipeline(kind, model, device, dtype)
+    except LOAD_ERRORS as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise BadArguments(f"cannot load {option} {model!r} as a {kind} pipeline: {first}") from None
+
+
 def pipeline_options(kind: str, pipe, steps: int, height=None, width=None, guidance_scale=None) -> dict:
     """The call options every sampler shares: steps, size (default: the VAE's ``sample_size``), guidance (default:
     the pipeline's), and FLUX's T5 length (the tokenizer's own limit, at most the pipeline's 512)."""
@@ -217,13 +237,21 @@ def pipeline_options(kind: str, pipe, steps: int, height=None, width=None, guida
     return options
 
 
-def render(pipe, prompts, sampler: str, schedule: str | None, seed: int, options: dict) -> tuple[torch.Tensor, int]:
+def render(pipe, prompts, sampler: str, schedule: str | None, seed: int, options: dict, *,
+           on_call=None) -> tuple[torch.Tensor, int]:
     """``(images (B, 3, H, W) in [0, 1] on the CPU, model calls)`` for one sampler; a model call is one forward
-    of the UNet or transformer (both halves of classifier-free guidance go in one batch)."""
+    of the UNet or transformer (both halves of classifier-free guidance go in one batch). ``on_call(n)``, when
+    given, runs after the n-th model call (the gallery's progress bar)."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     calls = []
     network = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    hook = network.register_forward_hook(lambda *_: calls.append(1))
+
+    def count(*_):
+        calls.append(1)
+        if on_call is not None:
+            on_call(len(calls))
+
+    hook = network.register_forward_hook(count)
     try:
         images = pipe(
             list(prompts), sampler=sampler, sigma_schedule=schedule, generator=generators, output_type="pt", **options
@@ -286,7 +314,31 @@ def adherence_scores(images: torch.Tensor, prompts) -> list[float] | None:
     return adherence_batch(images, prompts, value_range=(0, 1))
 
 
-def main(kind: str, argv=None) -> int:
+@contextlib.contextmanager
+def quiet_loading():
+    """diffusers' and transformers' loading progress bars ("Loading pipeline components", "Loading weights") off
+    for the block, restored after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = []
+    for library in (diffusers_logging, transformers_logging):
+        if library.is_progress_bar_enabled():
+            library.disable_progress_bar()
+            restore.append(library.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
+
+
+def main(kind: str, argv=None, *, summary: bool = True) -> int:
+    """Render the gallery of ``kind``; ``summary``: print :func:`summary_table` to stdout at the end (the main job
+    prints one table for both families instead).
+
+    Progress: one bar per run over the samplers (stderr), whose postfix names the current sampler and its model
+    calls so far; the pipeline's own bar over its timesteps and the loading bars are off."""
     from tqdm.auto import tqdm
 
     args = parser(kind).parse_args(argv)
@@ -295,18 +347,14 @@ def main(kind: str, argv=None) -> int:
     except BadArguments as error:  # exit status 2 with the message, as argparse's own errors
         print(f"error: {error}", file=sys.stderr)
         raise
-    if args.samplers is None:
-        from .registry import list_samplers
-
-        skipped = [spec.name for spec in list_samplers() if pipeline_refusal(spec.name) is not None]
-        if skipped:
-            print(f"not rendered (the K pipelines cannot run them; functional API only): {', '.join(skipped)}",
-                  file=sys.stderr)
-        print(f"not rendered: {CFG_PP_NOT_RENDERED}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype or ("float32" if device == "cpu" else "bfloat16")]
-    pipe = load_pipeline(kind, args.model, device, dtype)
-    pipe.set_progress_bar_config(leave=False, position=1, desc="model calls")
+    try:
+        pipe = load_or_refuse(kind, args.model, device, dtype)
+    except BadArguments as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise
+    pipe.set_progress_bar_config(disable=True)
     options = pipeline_options(kind, pipe, args.steps, args.height, args.width, args.guidance_scale)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -315,24 +363,106 @@ def main(kind: str, argv=None) -> int:
         "dtype": str(dtype).removeprefix("torch."), **{k: v for k, v in options.items()}, "samplers": {},
     }
     rows, timings = [], {}
-    for name, spec, schedule in tqdm(chosen, desc=f"{kind} samplers", position=0):
-        started = time.perf_counter()
-        images, calls = render(pipe, args.prompt, name, schedule, args.seed, options)
-        seconds = time.perf_counter() - started
-        scores = adherence_scores(images, args.prompt)
-        save_atomic(strip(images), args.out / f"{spec.name}.png")
-        label = f"{spec.name}" + (f" + {schedule}" if schedule else "")
-        label += f"\n{calls} calls"
-        if scores is not None:
-            label += f", adherence {sum(scores) / len(scores):.2f}"
-        rows.append((label, strip(images)))
-        record["samplers"][spec.name] = {"schedule": schedule, "model_calls": calls, "adherence": scores}
-        timings[spec.name] = round(seconds, 3)
+    bar = tqdm(chosen, desc=f"{kind} samplers", unit="sampler", file=sys.stderr)
+    shown = [0.0]  # when the postfix was last redrawn (time.monotonic())
+
+    def progress(name, calls=None):
+        now = time.monotonic()
+        if calls is None or now - shown[0] >= 0.5:  # a new sampler at once; its calls at most twice a second
+            shown[0] = now
+            bar.set_postfix_str(name if calls is None else f"{name}: {calls} calls")
+
+    try:
+        for name, spec, schedule in bar:
+            progress(name)
+            started = time.perf_counter()
+            images, calls = render(pipe, args.prompt, name, schedule, args.seed, options,
+                                   on_call=lambda n, name=name: progress(name, n))
+            seconds = time.perf_counter() - started
+            bar.set_postfix_str(f"{name}: {calls} calls", refresh=False)  # the count shown with the next redraw
+            scores = adherence_scores(images, args.prompt)
+            save_atomic(strip(images), args.out / f"{spec.name}.png")
+            label = f"{spec.name}" + (f" + {schedule}" if schedule else "")
+            label += f"\n{calls} calls"
+            if scores is not None:
+                label += f", adherence {sum(scores) / len(scores):.2f}"
+            rows.append((label, strip(images)))
+            record["samplers"][spec.name] = {"schedule": schedule, "model_calls": calls, "adherence": scores}
+            timings[spec.name] = round(seconds, 3)
+    finally:
+        bar.close()
     save_atomic(labelled_grid(rows), args.out / "grid.png")
     save_atomic(json.dumps(record, indent=1), args.out / "gallery.json")
     save_atomic(json.dumps({"device": device, "seconds": timings}, indent=1), args.out / "timings.json")
     print(f"wrote {len(rows)} sampler strips, grid.png, gallery.json and timings.json to {args.out}", file=sys.stderr)
+    if summary:
+        print(summary_table({kind: args.out}, notes=args.samplers is None))
     return 0
+
+
+def not_rendered_notes() -> list[str]:
+    """One line per group of catalogue samplers the gallery leaves out by default, and why."""
+    from .registry import list_samplers
+
+    skipped = [spec.name for spec in list_samplers() if pipeline_refusal(spec.name) is not None]
+    notes = [f"not rendered: {', '.join(skipped)} (adaptive step size, which the K pipelines cannot plan; "
+             "functional API only)"] if skipped else []
+    return notes + [f"not rendered: {CFG_PP_NOT_RENDERED}"]
+
+
+def summary_table(folders: dict[str, Path], notes: bool = False) -> str:
+    """The closing summary of :func:`main` and of the main job: one row per sampler and, per family (``folders``:
+    family -> output folder of :func:`main`), its seconds (``timings.json``), model calls and adherence
+    (``gallery.json``: the mean fraction of the prompted attributes the images show, and how many images show all
+    of them), then a total row. ``notes``: add :func:`not_rendered_notes` (runs over the default samplers)."""
+    records, seconds = {}, {}
+    for kind, folder in folders.items():
+        records[kind] = json.loads((folder / "gallery.json").read_text())
+        seconds[kind] = json.loads((folder / "timings.json").read_text())["seconds"]
+    names = list(dict.fromkeys(name for record in records.values() for name in record["samplers"]))
+    labels = {}
+    for name in names:
+        schedules = {r["samplers"][name]["schedule"] for r in records.values() if name in r["samplers"]} - {None}
+        labels[name] = name + "".join(f" + {schedule}" for schedule in sorted(schedules))
+    width = max([len("sampler"), len("total"), *map(len, labels.values())])
+
+    def adherence(scores: list) -> str:
+        if not scores:
+            return "-"
+        full = sum(score >= 1 - 1e-9 for score in scores)
+        return f"{sum(scores) / len(scores):.2f} {full}/{len(scores)}"
+
+    def cells(kind_seconds, calls, scores) -> str:
+        return f"{kind_seconds:>9.2f} {calls:>6} {adherence(scores):>12}"
+
+    blank = f"{'':>9} {'':>6} {'':>12}"
+    head = f"{'sampler':<{width}}" + "".join(f"  {kind + ' s':>9} {'calls':>6} {'adherence':>12}" for kind in records)
+    lines = [head, "-" * len(head)]
+    totals = {kind: [0.0, 0, []] for kind in records}
+    for name in names:
+        row = f"{labels[name]:<{width}}"
+        for kind, record in records.items():
+            entry = record["samplers"].get(name)
+            if entry is None:
+                row += "  " + blank
+                continue
+            scores = entry["adherence"] or []
+            row += "  " + cells(seconds[kind].get(name, float("nan")), entry["model_calls"], scores)
+            totals[kind][0] += seconds[kind].get(name, 0.0)
+            totals[kind][1] += entry["model_calls"]
+            totals[kind][2] += scores
+        lines.append(row)
+    lines.append("-" * len(head))
+    lines.append(f"{'total':<{width}}" + "".join("  " + cells(*totals[kind]) for kind in records))
+    steps = ", ".join(f"{kind} {record['num_inference_steps']} steps on {record['device']}"
+                      for kind, record in records.items())
+    footer = [f"{len(names)} samplers ({steps}). adherence: the mean fraction of the prompted attributes the images "
+              "show, and how many images show all of them ('-': the prompts are not shapes captions)."]
+    if notes:
+        footer += not_rendered_notes()
+    for note in footer:
+        lines += textwrap.wrap(note, width=max(len(head), 80), subsequent_indent="  ")
+    return "\n".join(lines)
 
 
 def gallery_table(folders: dict[str, Path], base: Path) -> str:

@@ -228,3 +228,94 @@ def test_gallery_records_embedded_models_by_name(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown embedded model 'embedded:sd3'"):
         gallery.model_location("embedded:sd3")
     assert gallery.parser("flux").parse_args([]).model == "embedded:flux"
+
+
+def test_summary_table_lists_seconds_calls_and_adherence_per_family(tmp_path):
+    """The main job's closing table, from the files the gallery writes: one row per sampler (blank cells where a
+    family lacks it), seconds from timings.json, the calls and adherence from gallery.json, a total row."""
+    def folder(kind, samplers, seconds):
+        path = tmp_path / kind
+        path.mkdir()
+        record = {"num_inference_steps": 3, "device": "cpu", "samplers": samplers}
+        (path / "gallery.json").write_text(json.dumps(record))
+        (path / "timings.json").write_text(json.dumps({"device": "cpu", "seconds": seconds}))
+        return path
+
+    folders = {
+        "sdxl": folder("sdxl", {"euler": {"schedule": None, "model_calls": 3, "adherence": [1.0, 0.8, 1.0, 0.6]},
+                                "dpmpp_2m": {"schedule": "karras", "model_calls": 3, "adherence": None}},
+                       {"euler": 1.5, "dpmpp_2m": 2.25}),
+        "flux": folder("flux", {"euler": {"schedule": None, "model_calls": 3, "adherence": [1.0, 1.0]}}, {"euler": 0.5}),
+    }
+    lines = gallery.summary_table(folders).splitlines()
+    assert lines[0].split() == ["sampler", "sdxl", "s", "calls", "adherence", "flux", "s", "calls", "adherence"]
+    rows = {line.split()[0]: line for line in lines[2:] if line[:1].isalpha()}
+    assert rows["euler"].split() == ["euler", "1.50", "3", "0.85", "2/4", "0.50", "3", "1.00", "2/2"]
+    assert rows["dpmpp_2m"].split() == ["dpmpp_2m", "+", "karras", "2.25", "3", "-"]  # no flux entry: blank cells
+    assert rows["total"].split() == ["total", "3.75", "6", "0.85", "2/4", "0.50", "3", "1.00", "2/2"]
+    assert all(len(line) <= max(80, len(lines[0])) for line in lines)
+    noted = gallery.summary_table(folders, notes=True)
+    assert "not rendered: dpm_adaptive" in noted and "CFG++" in noted
+
+
+def test_main_job_prints_one_bar_per_family_and_a_summary(tmp_path, capsys):
+    """python -m k_diffusing on two samplers and two steps: stderr holds one progress bar per family over its
+    samplers (no pipeline bar over timesteps, no loading bars), stdout one table with both families' rows."""
+    from k_diffusing.__main__ import main as package_main
+
+    assert package_main(["gallery", "--out", str(tmp_path), "--steps", "2", "--samplers", "euler", "heun"]) == 0
+    out, err = capsys.readouterr()
+    assert "Loading" not in err and "model calls" not in err and "it/s" not in err  # diffusers' bars are off
+    bars = [line for line in err.split("\n") if "samplers:" in line]
+    assert [line.split("\r")[-1].split(":")[0] for line in bars] == ["sdxl samplers", "flux samplers"]
+    assert bars[0].split("\r")[-1].count("2/2") == 1
+    # a terminal line per bar (tqdm redraws it after '\r'), one per 'wrote ...', and two transformers warnings
+    assert err.count("\n") <= 6, err
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["sampler", "sdxl", "s", "calls", "adherence"]
+    rows = [line.split() for line in lines if line.split()[:1] in (["euler"], ["heun"], ["total"])]
+    assert [row[0] for row in rows] == ["euler", "heun", "total"]
+    # model calls per family: heun takes 2 on the first step and 1 on the step into 0
+    assert [(row[2], row[6]) for row in rows] == [("2", "2"), ("3", "3"), ("5", "5")]
+    assert all(json.loads((tmp_path / kind / "timings.json").read_text())["seconds"] for kind in ("sdxl", "flux"))
+    assert len(lines) <= 10  # header, rule, 2 rows, rule, total, the footnote (wrapped at 80 columns)
+
+
+def test_main_job_keeps_the_goldens_whole(capsys):
+    from k_diffusing.__main__ import main as package_main
+
+    with pytest.raises(SystemExit) as error:
+        package_main(["gallery", "--update-goldens", "--samplers", "euler"])
+    assert error.value.code == 2 and "--samplers with --update-goldens" in capsys.readouterr().err
+    with pytest.raises(gallery.BadArguments, match="--samplers with --update-goldens"):
+        gallery.validate(gallery.parser("sdxl").parse_args(["--update-goldens", "--samplers", "euler"]))
+
+
+@pytest.mark.parametrize("option, kind", [("--model-sdxl", "sdxl"), ("--model-flux", "flux")])
+def test_adherence_sweep_refuses_a_model_that_does_not_load(tmp_path, capsys, option, kind):
+    out = tmp_path / "never"
+    assert evaluate.main(["--kinds", "sdxl", "flux", option, str(tmp_path / "missing"), "--prompts", "1", "--steps",
+                          "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot load {option} '{tmp_path / 'missing'}' as a {kind} pipeline: " in err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompts", "0"], "--prompts and --steps must be positive"),
+    (["--samplers", "eulr"], "Did you mean 'euler'"),
+    (["--samplers", "dpm_adaptive"], "cannot run through the K pipelines"),
+])
+def test_adherence_sweep_refuses_bad_arguments(tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    assert evaluate.main([*argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("model", ["/nonexistent", str(gallery.EMBEDDED["flux"])])
+def test_gallery_refuses_a_model_that_does_not_load(tmp_path, capsys, model):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as error:
+        gallery.main("sdxl", ["--model", model, "--out", str(out), "--samplers", "euler"])
+    assert error.value.code == 2 and not out.exists()
+    assert f"error: cannot load --model {model!r} as a sdxl pipeline: " in capsys.readouterr().err

@@ -113,3 +113,33 @@ def test_cli_report_and_exit_codes(tmp_path, monkeypatch, capsys):
     (tmp_path / "other" / "keep.txt").write_text("not a report")
     assert main(["--pairs", "sdxl_lms", "--out", str(tmp_path / "other")]) == 2
     assert (tmp_path / "other" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("option, model", [
+    ("--model-sdxl", "/nonexistent"),
+    ("--model-flux", "/nonexistent"),
+    ("--model-sdxl", str(EMBEDDED["flux"])),  # a folder of the other family
+    ("--model-flux", "embedded:sd3"),
+])
+def test_cli_refuses_a_model_that_does_not_load(tmp_path, capsys, option, model):
+    """Bad input: exit status 2, one line naming the option and the model, no traceback, nothing written, before
+    any pair runs."""
+    out = tmp_path / "never"
+    kind = option.removeprefix("--model-")
+    assert main(["--kinds", kind, option, model, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("[transformers]")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot load {option} {model!r} as a {kind} pipeline: ")
+    assert "Traceback" not in err and "parity pairs" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_model_error_exit_status_from_the_shell(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "k_diffusing.parity", "--model-sdxl", "/nonexistent", "--out",
+                           str(tmp_path / "never")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: cannot load --model-sdxl '/nonexistent' as a sdxl pipeline" in done.stderr
+    assert not (tmp_path / "never").exists()

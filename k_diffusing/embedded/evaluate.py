@@ -2,7 +2,9 @@
 
 Usage: ``python -m k_diffusing.embedded.evaluate [--kinds sdxl flux] [--prompts 64] [--steps 2 4 8 16 32]
 [--samplers ...] [--out outputs/adherence]``; ``--model-sdxl`` / ``--model-flux`` evaluate other folders (for
-example a retrained model, to check that training reproduces the committed weights' quality).
+example a retrained model, to check that training reproduces the committed weights' quality). Bad input (a
+model that does not load, an unknown sampler, non-positive counts) is one line on stderr and exit status 2, before
+any sampling and with nothing written.
 
 The prompts are the captions of ``shapes.sample_specs(n, EVAL_SEED)`` (a fixed draw, independent of the training
 set's seed), image i is made with ``torch.Generator().manual_seed(i)``, on the pipeline's own sigmas, default
@@ -25,7 +27,9 @@ import torch
 
 from k_diffusing.embedded.score import adherence_batch, attribute_accuracy, clean_fraction
 from k_diffusing.embedded.shapes import sample_specs
-from k_diffusing.gallery import EMBEDDED, load_pipeline, pipeline_options, render, save_atomic
+from k_diffusing.gallery import (EMBEDDED, BadArguments, load_or_refuse, pipeline_options, pipeline_refusal, render,
+                                 save_atomic)
+from k_diffusing.registry import resolve_sampler
 from k_diffusing.svgplot import line_plot
 
 EVAL_SEED = 2026
@@ -80,16 +84,25 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=Path("outputs") / "adherence")
     a = p.parse_args(argv)
-    if a.prompts < 1 or min(a.steps) < 1:
-        raise SystemExit(f"--prompts and --steps must be positive, got {a.prompts} and {a.steps}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    models = {"sdxl": a.model_sdxl, "flux": a.model_flux}
+    try:  # bad input: one line and exit status 2, before any work and before anything is written
+        if a.prompts < 1 or min(a.steps) < 1:
+            raise BadArguments(f"--prompts and --steps must be positive, got {a.prompts} and {a.steps}")
+        for sampler in a.samplers:
+            refusal = pipeline_refusal(resolve_sampler(sampler)[0].name, sampler)
+            if refusal is not None:
+                raise BadArguments(f"--samplers: {refusal}")
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        pipes = {kind: load_or_refuse(kind, models[kind], "cpu", torch.float32, option=f"--model-{kind}")
+                 for kind in a.kinds}
+    except (BadArguments, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     steps_list = sorted(set(a.steps))
     prompts = evaluation_prompts(a.prompts)
-    models = {"sdxl": a.model_sdxl, "flux": a.model_flux}
     results = {}
-    for kind in a.kinds:
-        pipe = load_pipeline(kind, models[kind], "cpu", torch.float32)
+    for kind, pipe in pipes.items():
         pipe.set_progress_bar_config(disable=True)
         results[kind] = sweep(pipe, kind, prompts, a.samplers, steps_list, lambda m: print(m, file=sys.stderr))
     a.out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 Each pair runs at the pipeline level (the K pipeline against its diffusers parent on one pipeline folder, default:
 the embedded models) and at the sampler level (the diffusers scheduler wrapped as a k-sampler against ours on the
 analytic denoiser). Writes ``report.md``, ``index.html`` and ``report.json`` with per-pair images, heat maps and
-divergence plots. Exit status: 0 when every exact pair is within its tolerance, 1 when one is not, 2 on bad input.
+divergence plots. Exit status: 0 when every exact pair is within its tolerance, 1 when one is not, 2 on bad input
+(one line on stderr, nothing written), including a ``--model-sdxl`` / ``--model-flux`` that does not load.
 """
 
 from __future__ import annotations
@@ -59,22 +60,35 @@ def overridden(pairs, overrides: list[str]):
             if p.name in values else p for p in pairs]
 
 
-def run(pairs, args, progress=None) -> list:
-    """``[(level, Comparison)]`` for every pair and level, pipelines loaded once per kind."""
+def load_pipelines(pairs, args) -> dict:
+    """``{kind: pipeline}`` for the kinds whose pairs run at the pipeline level, loaded once each; a model that does
+    not load is :class:`k_diffusing.gallery.BadArguments` naming its option (``--model-sdxl`` / ``--model-flux``)."""
     import torch
 
-    from ..gallery import load_pipeline, pipeline_options
+    from ..gallery import load_or_refuse
+
+    pipes = {}
+    if "pipeline" not in args.levels:
+        return pipes
+    for kind in dict.fromkeys(pair.kind for pair in pairs if pair.pipeline):
+        model = args.model_sdxl if kind == "sdxl" else args.model_flux
+        pipes[kind] = load_or_refuse(kind, model, args.device, torch.float32, option=f"--model-{kind}")
+        pipes[kind].set_progress_bar_config(disable=True)
+    return pipes
+
+
+def run(pairs, args, progress=None, pipes=None) -> list:
+    """``[(level, Comparison)]`` for every pair and level; ``pipes``: :func:`load_pipelines`'s (default: loaded
+    here)."""
+    from ..gallery import pipeline_options
     from .compare import compare
     from .sampler_level import trace_sampler_level
     from .trace import trace_diffusers, trace_k
 
-    results, pipes = [], {}
+    pipes = load_pipelines(pairs, args) if pipes is None else pipes
+    results = []
     for pair in pairs:
         if "pipeline" in args.levels and pair.pipeline:
-            if pair.kind not in pipes:
-                model = args.model_sdxl if pair.kind == "sdxl" else args.model_flux
-                pipes[pair.kind] = load_pipeline(pair.kind, model, args.device, torch.float32)
-                pipes[pair.kind].set_progress_bar_config(disable=True)
             pipe = pipes[pair.kind]
             batch = 1 if pair.exact or pair.global_noise else args.batch
             options = {**pipeline_options(pair.kind, pipe, args.steps), "prompt": [args.prompt] * batch}
@@ -120,10 +134,16 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
+    from ..gallery import BadArguments
     from .report import compact_table, failures, markdown_table, write_report
 
+    try:  # before any work, and before anything is written
+        pipes = load_pipelines(pairs, args)
+    except BadArguments as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     with tqdm(total=len(pairs), desc="parity pairs") as bar:
-        results = run(pairs, args, progress=lambda name, c: (bar.set_postfix_str(name), bar.update()))
+        results = run(pairs, args, progress=lambda name, c: (bar.set_postfix_str(name), bar.update()), pipes=pipes)
     from ..gallery import model_label
 
     settings = {"steps": args.steps, "seed": args.seed, "prompt": repr(args.prompt), "batch (distribution-only)":

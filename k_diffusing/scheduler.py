@@ -45,6 +45,7 @@ from . import seeding
 from .registry import SamplerSpec, get_sampler, list_samplers
 from .samplers.base import dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
+from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
 from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, read_schedule, set_up
 
@@ -256,8 +257,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _set_base(self, base, sampler, sigma_schedule, sampler_kwargs, quantize_timesteps, check_finite,
                   noise="diffusers", noise_options=None):
-        if sampler_kwargs is not None and not isinstance(sampler_kwargs, dict):
-            raise TypeError(f"sampler_kwargs must be a dict of sampler options, got {type(sampler_kwargs).__name__}")
+        check_call_arguments({"sampler_kwargs": sampler_kwargs, "quantize_timesteps": quantize_timesteps,
+                              "check_finite": check_finite})
         self._mode = seeding.seed_mode(noise, noise_options)
         self.base = base
         self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) else VE

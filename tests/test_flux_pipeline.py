@@ -586,9 +586,11 @@ def test_true_cfg_matches_native_with_two_calls_per_step(comps):
     assert calls == [2 * STEPS, 2 * STEPS]
     assert _diff(*outs) <= EULER_TOL  # measured 4.8e-7
     assert _diff(outs[0], _run(_build(KFluxPipeline, comps))) > 1e-2  # CFG changed the result
-    with _Recorder(comps["transformer"]) as seen:  # a negative prompt without true_cfg_scale > 1: one call per step
+    # a negative prompt without true_cfg_scale > 1, which FluxPipeline ignores without a word, is refused
+    with _Recorder(comps["transformer"]) as seen, pytest.raises(ValueError, match="negative_prompt is used only with "
+                                                                                 "true_cfg_scale > 1"):
         _run(_build(KFluxPipeline, comps), negative_prompt="a blurry dog")
-    assert seen.calls == STEPS
+    assert seen.calls == 0
 
 
 # --- 5. the parent's interface and features ------------------------------------------------------------------------

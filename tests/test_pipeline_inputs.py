@@ -22,13 +22,28 @@ def pipes():
     return tiny_sdxl_pipeline(KSDXLPipeline), tiny_flux_pipeline(KFluxPipeline)
 
 
-def _no_model_calls(pipe, monkeypatch):
-    network = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+NETWORKS = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae")
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the network ran before the input was refused")
 
-    monkeypatch.setattr(network, "forward", refuse)
+def _no_model_calls(pipe, monkeypatch) -> dict[str, int]:
+    """Count the calls of every network of ``pipe`` (text encoders, denoiser, VAE); a call fails the test. Returns the
+    counts (a refusal must leave them all at 0)."""
+    counts = {}
+    for name in NETWORKS:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        counts[name] = 0
+
+        def refuse(*args, _name=name, **kwargs):
+            counts[_name] += 1
+            raise AssertionError(f"the {_name} ran before the input was refused")
+
+        monkeypatch.setattr(module, "forward", refuse)
+        if name == "vae":
+            monkeypatch.setattr(module, "decode", refuse)
+            monkeypatch.setattr(module, "encode", refuse)
+    return counts
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
@@ -57,6 +72,104 @@ def test_bad_schedule_input_is_refused(pipes, which, kwargs, message, monkeypatc
     _no_model_calls(pipe, monkeypatch)
     with pytest.raises(ValueError, match=message):
         pipe(**call, **kwargs, generator=torch.Generator().manual_seed(0))
+
+
+NAN = float("nan")
+# A newcomer's bad inputs (issue 17): each must be refused before any network runs, naming the argument. The tuples:
+# the call's extra keywords, the error type, a pattern the message must match (it names the argument), and which
+# pipelines the case applies to (an argument the parent does not take is refused as unknown, also named).
+BAD_INPUTS = [
+    ({"sampler": "euler_ancestral", "sampler_kwargs": {"eta": NAN}}, ValueError,
+     r"sampler_kwargs\['eta'\] must be a finite number >= 0 and <= 100, got nan"),
+    ({"sampler": "euler_ancestral", "sampler_kwargs": {"eta": -1}}, ValueError, r"sampler_kwargs\['eta'\] .* got -1"),
+    ({"sampler": "euler_ancestral", "sampler_kwargs": {"eta": "high"}}, TypeError,
+     r"sampler_kwargs\['eta'\] must be a finite number .* got 'high'"),
+    ({"sampler": "euler_ancestral", "sampler_kwargs": {"s_noise": 1e6}}, ValueError,
+     r"sampler_kwargs\['s_noise'\] must be .* <= 100, got 1000000.0"),
+    ({"sampler": "dpm_adaptive", "sampler_kwargs": {"rtol": -1}}, ValueError, r"sampler_kwargs\['rtol'\] must be .* > 0"),
+    ({"sampler": "euler", "sampler_kwargs": ["eta"]}, TypeError, r"sampler_kwargs must be a dict .* got \['eta'\]"),
+    ({"sampler": "euler_ancestral", "sampler_kwargs": {"noise_sampler": "x"}}, TypeError,
+     r"sampler_kwargs\['noise_sampler'\] must be a callable"),
+    ({"sampler": "restart", "sampler_kwargs": {"restart_list": "bogus"}}, TypeError,
+     r"sampler_kwargs\['restart_list'\] must be a list of restart intervals"),
+    ({"sampler": "restart", "sampler_kwargs": {"restart_list": [(2.0, 0.1, 1, 3)]}}, TypeError,
+     r"sampler_kwargs\['restart_list'\] .* 0 < t_min < t_max"),
+    ({"sampler": "uni_pc", "sampler_kwargs": {"order": 9}}, ValueError, "order must be 1, 2 or 3, got 9"),
+    ({"guidance_scale": NAN}, ValueError, "guidance_scale must be a finite number >= 0, got nan"),
+    ({"guidance_scale": -3}, ValueError, "guidance_scale must be a finite number >= 0, got -3"),
+    ({"guidance_scale": "7"}, TypeError, "guidance_scale must be a finite number >= 0, got '7'"),
+    ({"guidance_rescale": 5}, ValueError, "guidance_rescale must be a finite number >= 0 and <= 1, got 5", "sdxl"),
+    ({"denoising_end": 1.5}, ValueError, r"denoising_end must be a finite number > 0 and <= 1 or None, got 1.5",
+     "sdxl"),
+    ({"true_cfg_scale": "2"}, TypeError, r"true_cfg_scale must be a finite number >= 0, got '2'", "flux"),
+    ({"true_cfg_scale": 2.0}, TypeError, r"unexpected keyword argument\(s\) \['true_cfg_scale'\]", "sdxl"),
+    ({"guidance_rescale": 0.5}, TypeError, r"unexpected keyword argument\(s\) \['guidance_rescale'\]", "flux"),
+    ({"num_inference_step": 4}, TypeError, r"\['num_inference_step'\]\. Did you mean 'num_inference_steps'\?"),
+    ({"height": 0}, ValueError, r"height must be a positive multiple of \d+ \(pixels\) or None, got 0"),
+    ({"height": -32}, ValueError, r"height must be a positive multiple of \d+ .* got -32"),
+    ({"width": 31}, ValueError, r"width must be a positive multiple of \d+ \(pixels\) or None, got 31"),
+    ({"width": 32.0}, TypeError, r"width must be a positive multiple .* got 32.0 \(float\)"),
+    ({"prompt": []}, ValueError, r"prompt must be a string or a non-empty list of strings .* got \[\]"),
+    ({"prompt": 7}, TypeError, r"prompt must be a string or a non-empty list of strings .* got 7"),
+    ({"prompt": ["a", "b"], "negative_prompt": ["x"], "guidance_scale": 5.0, "true_cfg_scale": 2.0}, ValueError,
+     r"negative_prompt must be one string, or a list of one per prompt \(2\), got a list of 1", "flux"),
+    ({"prompt": ["a", "b"], "negative_prompt": ["x", "y", "z"], "guidance_scale": 5.0}, ValueError,
+     r"negative_prompt must be one string, or a list of one per prompt \(2\), got a list of 3", "sdxl"),
+    ({"negative_prompt": "blurry"}, ValueError,
+     r"negative_prompt is used only with true_cfg_scale > 1 .* got true_cfg_scale=1.0", "flux"),
+    ({"negative_prompt": "blurry", "guidance_scale": 1.0}, ValueError,
+     r"negative_prompt is used only with guidance_scale > 1 .* got guidance_scale=1.0", "sdxl"),
+    ({"generator": 42}, TypeError, r"generator must be a torch.Generator or a non-empty list of them .* got 42"),
+    ({"generator": [torch.Generator(), torch.Generator()]}, ValueError,
+     r"generator must be one torch.Generator, or a list of one per image \(1\), got a list of 2"),
+    ({"num_images_per_prompt": 0}, ValueError, "num_images_per_prompt must be an int >= 1, got 0"),
+    ({"callback_on_step_end": 5}, TypeError, "callback_on_step_end must be a callable .* got 5"),
+    ({"output_type": "png"}, ValueError, r"output_type must be one of 'pil', 'np', 'pt', 'latent', got 'png'"),
+    ({"check_finite": "yes"}, TypeError, "check_finite must be True or False, got 'yes'"),
+    ({"quantize_timesteps": 1}, TypeError, "quantize_timesteps must be True or False or None, got 1", "sdxl"),
+    ({"max_sequence_length": 0}, ValueError, r"max_sequence_length must be an int >= 1 and <= 512, got 0", "flux"),
+]
+
+
+def _cases():
+    for case in BAD_INPUTS:
+        kwargs, error, message, *only = case
+        for which, name in enumerate(("sdxl", "flux")):
+            if not only or only[0] == name:
+                yield pytest.param(which, kwargs, error, message, id=f"{name}-{sorted(kwargs.items())!r}"[:90])
+
+
+@pytest.mark.parametrize("which,kwargs,error,message", list(_cases()))
+def test_bad_input_is_refused_before_any_network_runs(pipes, which, kwargs, error, message, monkeypatch):
+    pipe, call = pipes[which], {**(SDXL, FLUX)[which], "num_inference_steps": 3}
+    counts = _no_model_calls(pipe, monkeypatch)
+    with pytest.raises(error, match=message):
+        pipe(**{**call, **kwargs})
+    assert set(counts) >= {"text_encoder", "vae"} and not any(counts.values())
+    with pytest.raises(error, match=message):  # validate() refuses what the call refuses, and runs nothing either
+        pipe.validate(**{**call, **kwargs})
+    assert not any(counts.values())
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])
+def test_validate_runs_no_network_and_the_call_then_runs(pipes, which, monkeypatch):
+    pipe, call = pipes[which], (SDXL, FLUX)[which]
+    kwargs = dict(call, num_inference_steps=2, sampler="dpmpp_2m_sde", sigma_schedule="karras")
+    counts = _no_model_calls(pipe, monkeypatch)
+    assert pipe.validate(**kwargs) is None and not any(counts.values())
+    monkeypatch.undo()
+    assert torch.isfinite(pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images).all()
+
+
+def test_the_functional_core_promotes_integer_x_as_k_diffusion_does():
+    """k-diffusion's arithmetic turns an integer ``x`` into floating point; the result is not cast back to int."""
+    def model(x, sigma):
+        return x * 0.5
+
+    x, sigmas = torch.full((1, 2), 3, dtype=torch.int64), torch.tensor([2.0, 1.0, 0.0])
+    out = sampling.sample_euler(model, x, sigmas)
+    assert out.dtype == torch.float32 and torch.equal(out, sampling.sample_euler(model, x.float(), sigmas))
+    assert out[0, 0] == 1.125  # 3 - 0.75 (step 2 -> 1), then 2.25 - 1.125 (step 1 -> 0)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["sdxl", "flux"])

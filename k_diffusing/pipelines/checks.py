@@ -14,6 +14,7 @@ from ..geometry import Geometry
 from ..names import did_you_mean
 from ..registry import SamplerSpec, resolve_sampler
 from ..samplers.base import check_schedule
+from .arguments import check_sampler_options
 from .schedulers import equivalent
 
 # Sampler options the pipeline supplies itself.
@@ -47,7 +48,8 @@ def pick_sampler(scheduler, sampler, sigma_schedule: str | None, sampler_kwargs:
 
 
 def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dict) -> None:
-    """Refuse options the sampler does not take (nothing is silently ignored) and the ones the pipeline owns."""
+    """Refuse options the sampler does not take (nothing is silently ignored), the ones the pipeline owns, and
+    values the options' rules do not accept (:data:`~k_diffusing.pipelines.arguments.SAMPLER_OPTIONS`)."""
     owned = sorted(PIPELINE_OWNED & set(sampler_kwargs))
     if owned:
         raise ValueError(f"sampler_kwargs may not set {owned}: pass the pipeline's `generator` argument instead")
@@ -67,6 +69,7 @@ def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dic
             f"sampler {name!r} does not take option(s) {unknown}.{did_you_mean(unknown[0], accepted)} "
             f"Its options: {', '.join(accepted) or 'none'}"
         )
+    check_sampler_options(sampler_kwargs)
 
 
 def check_steps(num_inference_steps) -> int:
@@ -122,3 +125,16 @@ def check_schedule_fits(sigmas: torch.Tensor, schedule: str | None, sigma_max: f
                   "sigma table (karras, exponential, normal, simple, sgm_uniform, beta, kl_optimal ...)")
         raise ValueError(f"{what} at sigma {float(sigmas[0]):.6g}, above {sigma_max:.6g}, the largest noise level "
                          f"of {model}; {advice}")
+
+
+def check_size(name: str, value, multiple: int) -> None:
+    """An image ``height`` / ``width``: None (the pipeline's default) or a positive int multiple of ``multiple``
+    pixels (:attr:`~k_diffusing.pipelines.common.KPipelineMixin.size_multiple`). The parents replace 0 by their
+    default and FluxPipeline rounds other sizes down, both without a word."""
+    if value is None:
+        return
+    accepted = f"a positive multiple of {multiple} (pixels) or None"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__})")
+    if value < multiple or value % multiple:
+        raise ValueError(f"{name} must be {accepted}, got {value}")

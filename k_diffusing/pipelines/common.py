@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import seeding
-from ..geometry import Geometry
 from ..scheduler import KScheduler
-from .checks import check_latents, check_sigmas, check_steps
+from .arguments import check_call_arguments, check_known
+from .checks import check_latents, check_sigmas, check_size, check_steps
 
 
 def diffusers_parent(cls: type) -> type:
@@ -38,19 +40,42 @@ def _parent_signature(parent: type) -> inspect.Signature:
     return inspect.signature(parent.__call__)
 
 
-def _images(call: dict) -> int | None:
-    """The number of images the call makes, as the parent counts it; None where the parent's ``check_inputs``
+def _prompts(call: dict) -> int | None:
+    """The number of prompts of the call, as the parent counts them; None where the parent's ``check_inputs``
     refuses the prompt arguments (it then says why)."""
     prompt, embeds = call.get("prompt"), call.get("prompt_embeds")
     if isinstance(prompt, str):
-        batch = 1
-    elif isinstance(prompt, list):
-        batch = len(prompt)
-    elif prompt is None and embeds is not None:
-        batch = embeds.shape[0]
-    else:
-        return None
-    return batch * (call.get("num_images_per_prompt") or 1)
+        return 1
+    if isinstance(prompt, list):
+        return len(prompt)
+    if prompt is None and isinstance(embeds, torch.Tensor):
+        return embeds.shape[0]
+    return None
+
+
+def _images(call: dict) -> int | None:
+    """The number of images the call makes (prompts times ``num_images_per_prompt``); None as :func:`_prompts`."""
+    prompts = _prompts(call)
+    return None if prompts is None else prompts * call["num_images_per_prompt"]
+
+
+def _has_text(value) -> bool:
+    """A prompt argument that says something (an empty negative prompt is the same as none)."""
+    return bool(value.strip()) if isinstance(value, str) else isinstance(value, list) and any(map(_has_text, value))
+
+
+def _accepted_keywords(parent: inspect.Signature) -> list[str]:
+    """The keyword arguments a parent's ``__call__`` uses: its named parameters, and where it has ``**kwargs``
+    the deprecated ones the SD-family parents still read from it (with their own deprecation message)."""
+    named = [n for n, p in parent.parameters.items() if p.kind is not p.VAR_KEYWORD and n != "self"]
+    if any(p.kind is p.VAR_KEYWORD for p in parent.parameters.values()):
+        named += list(LEGACY_CALLBACK_KEYWORDS)
+    return named
+
+
+# The legacy callback arguments StableDiffusion(XL)Pipeline.__call__ still pops from its **kwargs (deprecated in
+# diffusers for callback_on_step_end); any other name there would be dropped silently, so it is refused.
+LEGACY_CALLBACK_KEYWORDS = ("callback", "callback_steps")
 
 
 class _Capture:
@@ -58,6 +83,7 @@ class _Capture:
 
     def __init__(self):
         self.outputs: list[torch.Tensor] = []
+        self.forces_cfg = False  # the parent must be made to run its unconditional branch (do_classifier_free_guidance)
 
     def __call__(self, module, args, output):
         self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
@@ -178,27 +204,15 @@ class KPipelineMixin(SavesAsParent):
     def k_call(self, args: tuple, kwargs: dict, noise: str = "diffusers", seed=None, noise_options: dict | None = None,
                **options):
         """Check the call, then run the parent's ``__call__(*args, **kwargs)`` with the KScheduler ``options``
-        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe, in the seed mode ``noise``."""
-        mode = seeding.seed_mode(noise, noise_options)
-        bound = _parent_signature(diffusers_parent(type(self))).bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        call = bound.arguments
-        _check_seed_arguments(mode, seed, call)
-        if isinstance(self.scheduler, KScheduler) and not any(options.values()) and not mode.seeded:
-            scheduler = self.scheduler
-        else:
-            scheduler = KScheduler.from_scheduler(self.scheduler, **options, noise=mode.name,
-                                                  noise_options=noise_options)
-        self._check_call(call, scheduler.geometry)
-        if mode.seeded:
-            args, kwargs = (), self._seeded_call(bound, mode, seed, scheduler)
-        elif call["generator"] is not None:
-            scheduler.set_generator(call["generator"])
-        hook = None
-        if scheduler.needs_uncond:
-            hook, kwargs = self._cfg_pp(call, scheduler, len(args), kwargs)
+        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe, in the seed mode ``noise``. Under
+        :meth:`validate`, return None once everything is checked."""
+        scheduler, args, kwargs, capture = self._prepare(args, kwargs, noise, seed, noise_options, options)
+        if self.__dict__.get("_k_validate_only"):
+            return None
+        hook = None if capture is None else self._network().register_forward_hook(capture)
         loaded = self.scheduler
         self.__dict__["scheduler"] = scheduler
+        self.__dict__["_k_force_cfg"] = capture is not None and capture.forces_cfg
         try:
             return super().__call__(*args, **kwargs)
         finally:
@@ -209,6 +223,79 @@ class KPipelineMixin(SavesAsParent):
             if scheduler.num_inference_steps is not None:
                 self.k_sigmas = torch.tensor(scheduler.k_sigmas, dtype=torch.float64)
 
+    def validate(self, *args, **kwargs) -> None:
+        """Check a call (the same arguments as ``__call__``) without running it: raises what the call would raise
+        before its first network call (text encoders included), or returns None. ``generate`` checks every job so
+        before it renders the first."""
+        self.__dict__["_k_validate_only"] = True
+        try:
+            self(*args, **kwargs)
+        finally:
+            self.__dict__.pop("_k_validate_only", None)
+
+    def _prepare(self, args: tuple, kwargs: dict, noise: str, seed, noise_options: dict | None, options: dict):
+        """Every check of a call, in the order a user's mistakes are most clearly named, then the call's set-up:
+        ``(scheduler, args, kwargs, capture)``, ``capture`` the CFG++ forward hook to register (or None). The
+        scheduler's schedule is set here once (a dry run of what the parent's loop sets), so a schedule the model
+        cannot use is refused before the prompt is encoded."""
+        mode = seeding.seed_mode(noise, noise_options)
+        parent = _parent_signature(diffusers_parent(type(self)))
+        check_known(kwargs, _accepted_keywords(parent), f"{type(self).__name__}.__call__")
+        bound = parent.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        call = bound.arguments
+        check_call_arguments({**_keywords(bound), **options})
+        _check_seed_arguments(mode, seed, call)
+        if isinstance(self.scheduler, KScheduler) and not any(options.values()) and not mode.seeded:
+            scheduler = self.scheduler
+        else:
+            scheduler = KScheduler.from_scheduler(self.scheduler, **options, noise=mode.name,
+                                                  noise_options=noise_options)
+        self._check_call(call, scheduler)
+        if mode.seeded:
+            args, kwargs = (), self._seeded_call(bound, mode, seed, scheduler)
+        elif call["generator"] is not None:
+            scheduler.set_generator(call["generator"])
+        capture = None
+        if scheduler.needs_uncond:
+            capture, kwargs = self._cfg_pp(call, scheduler, len(args), kwargs)
+        scheduler.set_timesteps(**self._schedule_arguments(call, scheduler))
+        return scheduler, args, kwargs, capture
+
+    def _network(self) -> torch.nn.Module:
+        """The denoising network (``unet`` or ``transformer``)."""
+        return getattr(self, "unet", None) or getattr(self, "transformer", None)
+
+    def _schedule_arguments(self, call: dict, scheduler: KScheduler) -> dict:
+        """What the parent's loop passes to ``scheduler.set_timesteps`` (``retrieve_timesteps``): custom
+        ``timesteps`` or ``sigmas``, else the step count (the FLUX-family parents: ``linspace(1, 1 / n, n)`` as
+        sigmas); ``mu`` for a dynamically shifted flow schedule (FLUX's
+        resolution-dependent shift, ``calculate_shift`` on the call's packed image length, as FluxPipeline and SD3
+        compute it)."""
+        arguments = {k: call[k] for k in ("timesteps", "sigmas") if call.get(k) is not None}
+        config = scheduler.base.config
+        if not arguments and diffusers_parent(type(self)).__module__.startswith("diffusers.pipelines.flux."):
+            if not config.get("use_flow_sigmas", False):  # the FLUX pipelines' default sigmas
+                steps = check_steps(call["num_inference_steps"])
+                arguments["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+        if not arguments:
+            arguments["num_inference_steps"] = call["num_inference_steps"]
+        if config.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            height, width = self._size(call)
+            side = 2 * self.vae_scale_factor
+            arguments["mu"] = calculate_shift((height // side) * (width // side),
+                                              config.get("base_image_seq_len", 256),
+                                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                              config.get("max_shift", 1.15))
+        return arguments
+
+    def _size(self, call: dict) -> tuple[int, int]:
+        """The call's ``(height, width)`` in pixels, the parent's default where not given."""
+        default = self.default_sample_size * self.vae_scale_factor
+        return int(call.get("height") or default), int(call.get("width") or default)
+
     @property
     def do_classifier_free_guidance(self):
         """The parent's rule, except during a CFG++ call, whose sampler needs the unconditional branch at any
@@ -216,9 +303,10 @@ class KPipelineMixin(SavesAsParent):
         return bool(self.__dict__.get("_k_force_cfg")) or super().do_classifier_free_guidance
 
     def _cfg_pp(self, call: dict, scheduler: KScheduler, positional: int, kwargs: dict):
-        """Set up a CFG++ call: capture the network's unconditional prediction for the scheduler (a forward hook,
-        returned to be removed), and make the parent evaluate that branch. Returns ``(hook, kwargs)``."""
-        network = getattr(self, "unet", None) or getattr(self, "transformer", None)
+        """Set up a CFG++ call: the scheduler reads the network's unconditional prediction from ``capture`` (a
+        forward hook for the caller to register), and the parent is made to evaluate that branch. Returns
+        ``(capture, kwargs)``."""
+        network = self._network()
         capture = _Capture()
         parent = diffusers_parent(type(self))
         names = list(_parent_signature(parent).parameters)
@@ -227,7 +315,7 @@ class KPipelineMixin(SavesAsParent):
                 raise ValueError(f"{scheduler._sampler_name()} (CFG++) needs an unconditional branch; this model "
                                  "embeds its guidance scale (time_cond_proj_dim) and has none")
             scheduler.set_guidance(_batched_cfg_source(capture))
-            self.__dict__["_k_force_cfg"] = True
+            capture.forces_cfg = True
         elif "true_cfg_scale" in names:
             if call.get("negative_prompt") is None and call.get("negative_prompt_embeds") is None:
                 raise ValueError(f"{scheduler._sampler_name()} (CFG++) needs the unconditional prediction, which "
@@ -241,7 +329,7 @@ class KPipelineMixin(SavesAsParent):
             raise ValueError(f"{scheduler._sampler_name()} (CFG++) needs the unconditional prediction, which "
                              f"{parent.__name__} does not compute; use it with a pipeline that has classifier-free "
                              "guidance (KSDXLPipeline, KFluxPipeline with a negative prompt, ...)")
-        return network.register_forward_hook(capture), kwargs
+        return capture, kwargs
 
     def _seeded_call(self, bound: inspect.BoundArguments, mode: seeding.SeedMode, seed, scheduler: KScheduler) -> dict:
         """The parent's call arguments (all by keyword) with the seed mode's initial noise: ``latents`` drawn here
@@ -273,10 +361,20 @@ class KPipelineMixin(SavesAsParent):
         scheduler.set_seed(seeds)
         return call
 
-    def _check_call(self, call: dict, geometry: Geometry) -> None:
-        """The refusals the parent would make late (after encoding the prompt) or not at all: nonzero ``eta`` (a DDIM
-        option that KScheduler has no use for), the step count, custom ``sigmas``, user ``latents`` and a list of
-        generators of the wrong length."""
+    @property
+    def size_multiple(self) -> int:
+        """Image heights and widths must be multiples of this many pixels: the latent cell (``vae_scale_factor``),
+        times 2 for the transformer pipelines' 2x2 patches (FLUX's packing, SD3's ``patch_size`` 2), and a multiple
+        of 8 for the UNet pipelines, whose ``check_inputs`` require it. FluxPipeline only warns and rounds down."""
+        if getattr(self, "transformer", None) is not None:
+            return 2 * self.vae_scale_factor
+        return math.lcm(8, self.vae_scale_factor)
+
+    def _check_call(self, call: dict, scheduler: KScheduler) -> None:
+        """The refusals that depend on the call or the model, which the parent makes late (after encoding the
+        prompt) or not at all: nonzero ``eta`` (a DDIM option that KScheduler has no use for), the step count, custom
+        ``sigmas``, sizes, prompt lists of another length than ``prompt``, a negative prompt no branch of the call
+        uses, user ``latents`` and a list of generators of the wrong length."""
         if call.get("eta"):
             raise ValueError(f"eta={call['eta']} is a DDIM scheduler option; pass sampler_kwargs={{'eta': "
                              f"{call['eta']}}} instead")
@@ -284,15 +382,41 @@ class KPipelineMixin(SavesAsParent):
         if call.get("timesteps") is None and sigmas is None:
             check_steps(call["num_inference_steps"])
         if sigmas is not None:
-            check_sigmas(sigmas, geometry)
-        images = _images(call)
-        if images is None:
+            check_sigmas(sigmas, scheduler.geometry)
+        for name in ("height", "width"):
+            check_size(name, call.get(name), self.size_multiple)
+        prompts = _prompts(call)
+        if prompts is None:
             return
+        for name in ("prompt_2", "negative_prompt", "negative_prompt_2"):
+            value = call.get(name)
+            if isinstance(value, list) and len(value) != prompts:
+                raise ValueError(f"{name} must be one string, or a list of one per prompt ({prompts}), got a list of "
+                                 f"{len(value)}")
+        self._check_negative_prompt(call, scheduler)
+        images = prompts * call["num_images_per_prompt"]
         latent_shape = getattr(self, "latent_shape", None)  # txt2img only: img2img/inpaint latents mean other things
         if latent_shape is not None:
-            height = call["height"] or self.default_sample_size * self.vae_scale_factor
-            width = call["width"] or self.default_sample_size * self.vae_scale_factor
-            check_latents(call["latents"], *latent_shape(images, int(height), int(width)))
+            check_latents(call["latents"], *latent_shape(images, *self._size(call)))
         generator = call["generator"]
         if isinstance(generator, list) and len(generator) != images:
-            raise ValueError(f"got {len(generator)} generators for a batch of {images} images; pass one per image")
+            raise ValueError(f"generator must be one torch.Generator, or a list of one per image ({images}), got a "
+                             f"list of {len(generator)}")
+
+    def _check_negative_prompt(self, call: dict, scheduler: KScheduler) -> None:
+        """A non-empty ``negative_prompt`` needs a call that runs the unconditional branch, which the parents skip
+        without a word: classifier-free guidance (``guidance_scale > 1`` on a model without an embedded guidance
+        scale) or FLUX's true CFG (``true_cfg_scale > 1``); a CFG++ sampler runs it at any scale."""
+        negative = [call.get(name) for name in ("negative_prompt", "negative_prompt_2")]
+        if not any(_has_text(value) for value in negative) or scheduler.needs_uncond:
+            return
+        if "true_cfg_scale" in call:
+            scale, needed = "true_cfg_scale", "true_cfg_scale > 1 (FluxPipeline's true CFG)"
+        else:
+            if getattr(self._network().config, "time_cond_proj_dim", None) is not None:
+                raise ValueError("negative_prompt is not used by this model, which embeds its guidance scale "
+                                 "(time_cond_proj_dim) and runs no unconditional branch; drop negative_prompt")
+            scale, needed = "guidance_scale", "guidance_scale > 1 (classifier-free guidance)"
+        if call[scale] <= 1:
+            raise ValueError(f"negative_prompt is used only with {needed}, got {scale}={call[scale]!r}; raise "
+                             f"{scale} or drop negative_prompt")

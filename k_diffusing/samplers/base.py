@@ -64,7 +64,8 @@ class SamplerRun:
 
     Args:
         model: denoiser ``model(x, sigma_batch, **extra_args) -> denoised``; its ``geometry`` attribute (default VE).
-        x: initial sample; the state is kept in ``state_dtype(x.dtype)`` and the result cast back to ``x.dtype``.
+        x: initial sample; the state is kept in ``state_dtype(x.dtype)`` and the result cast back to ``x.dtype``
+            (an integer ``x``: the state dtype, float32).
         sigmas: descending noise levels (tensor or sequence), usually ending in 0.
         noise_sampler: explicit noise source ``(sigma, sigma_next) -> N(0, I)``; overrides ``generator``.
         generator: one ``torch.Generator`` or one per batch item, for the default noise.
@@ -98,7 +99,8 @@ class SamplerRun:
         self.extra_args = {} if extra_args is None else extra_args
         self.callback = callback
         self.disable = disable
-        self.out_dtype = x.dtype
+        # an integer x comes back as floating point, as k-diffusion's arithmetic promotes it
+        self.out_dtype = x.dtype if x.is_floating_point() else state_dtype(x.dtype)
         self.x = x.to(state_dtype(x.dtype))
         self._noise_sampler = noise_sampler
         self._generator = generator

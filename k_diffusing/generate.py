@@ -20,8 +20,12 @@ Outputs in ``--out``:
   of a job that failed (written by the first process once all have finished).
 
 Safe to rerun: a job whose PNG exists is skipped (PNGs are written under a temporary name and renamed, so one that
-exists is complete); a job that fails is recorded and the others go on; the exit status is 1 when any job failed,
-2 on bad input (reported before any model is loaded).
+exists is complete), and a rerun with nothing left to do loads no model weights (the default size comes from the
+VAE's config); a job that fails while rendering is recorded and the others go on; the exit status is 1 when any job
+failed, 2 on bad input: the job file and options are checked before any model is loaded, every job against the
+loaded model (:meth:`~k_diffusing.pipelines.common.KPipelineMixin.validate`: sizes, the schedule's range, FLUX
+negative prompts, every option) before the first render, and a model that does not load is refused; in all three
+cases with a one-line message and nothing written.
 """
 
 from __future__ import annotations
@@ -133,8 +137,8 @@ def _typed(key: str, value, where: str):
 
 
 def check_job_values(values: dict, where: str) -> dict:
-    """``values`` with A1111 sampler names resolved (``"DPM++ 2M Karras"`` -> dpmpp_2m + karras) and every value
-    checked; JobError naming ``where`` otherwise (also for a sampler the pipelines cannot run: ``dpm_adaptive``)."""
+    """``values`` with A1111 sampler names resolved (``"DPM++ 2M Karras"`` -> dpmpp_2m + karras, unless the job
+    names another schedule: then that one, as the pipelines' ``sigma_schedule`` wins) and every value checked; JobError naming ``where`` otherwise (also for a sampler the pipelines cannot run: ``dpm_adaptive``)."""
     from .gallery import pipeline_refusal
     from .registry import resolve_sampler
     from .schedules import SCHEDULES
@@ -153,12 +157,9 @@ def check_job_values(values: dict, where: str) -> dict:
         refusal = pipeline_refusal(spec.name, values["sampler"])
         if refusal is not None:
             raise JobError(f"{where}: {refusal}")
-        if implied is not None and values.get("schedule", implied) != implied:
-            raise JobError(f"{where}: sampler {values['sampler']!r} implies schedule {implied!r} but the job sets "
-                           f"schedule {values['schedule']!r}")
         values["sampler"] = spec.name
-        if implied is not None:
-            values["schedule"] = implied
+        if implied is not None:  # a schedule the job names wins over the name's suffix, as in the pipelines
+            values.setdefault("schedule", implied)
     if values.get("schedule") is not None and values["schedule"] not in SCHEDULES:
         from .names import unknown_name
 
@@ -370,36 +371,71 @@ def read_parameters(path: Path) -> dict:
 # --- running -------------------------------------------------------------------------------------------------------
 
 
-def resolve(job: Job, kind: str, pipe) -> Job:
-    """``job`` with the pipeline's defaults filled in (size: the VAE's ``sample_size``; guidance: the pipeline
-    call's default), so that its parameters, file name and PNG chunk say what was run."""
+def check_kind(jobs: list[Job], kind: str) -> None:
+    """What the job file can know of the pipeline family: FLUX jobs take no negative prompt (FluxPipeline uses one
+    only with true CFG, ``true_cfg_scale > 1``, which this command does not set)."""
+    if kind == "flux":
+        negative = [job.index for job in jobs if job.negative_prompt.strip()]
+        if negative:
+            raise JobError(f"job {negative[0]}: FLUX jobs take no negative prompt (FluxPipeline uses one only with "
+                           "true_cfg_scale > 1, which this command does not set)")
+
+
+def trained_side(model: str) -> int:
+    """The image side the model was trained at (its VAE's ``sample_size``), read from the VAE's config alone, so a
+    rerun with nothing to do loads no weights. OSError / ValueError where there is no such model."""
+    from diffusers import AutoencoderKL
+
+    from .gallery import model_location
+
+    side = AutoencoderKL.load_config(model_location(model), subfolder="vae")["sample_size"]
+    return side[0] if isinstance(side, (list, tuple)) else side
+
+
+def resolve(job: Job, kind: str, side: int) -> Job:
+    """``job`` with the pipeline's defaults filled in (size: ``side``, the VAE's ``sample_size``; guidance: the
+    pipeline call's default), so that its parameters, file name and PNG chunk say what was run."""
     import inspect
 
-    from .gallery import pipeline_options
+    from .pipelines import KFluxPipeline, KSDXLPipeline
 
-    if kind == "flux" and job.negative_prompt:
-        raise JobError(f"job {job.index}: FLUX jobs take no negative prompt (FluxPipeline uses one only with "
-                       "true_cfg_scale > 1, which this command does not set)")
-    options = pipeline_options(kind, pipe, job.steps, job.height, job.width)
     guidance = job.guidance_scale
     if guidance is None:
-        guidance = float(inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default)
-    return replace(job, width=options["width"], height=options["height"], guidance_scale=guidance)
+        cls = {"sdxl": KSDXLPipeline, "flux": KFluxPipeline}[kind]
+        guidance = float(inspect.signature(cls.__call__).parameters["guidance_scale"].default)
+    return replace(job, width=job.width or side, height=job.height or side, guidance_scale=guidance)
 
 
-def render_png(pipe, kind: str, job: Job) -> bytes:
-    """The PNG of a resolved job, with its ``parameters`` chunk: the job alone, from a CPU generator seeded by it, or
-    in its seed mode (``noise``, ``seed``, ``noise_options``: :meth:`Job.noise_arguments`)."""
+def job_call(pipe, kind: str, job: Job) -> dict:
+    """The pipeline call of a resolved job: the job alone, from a CPU generator seeded by it, or in its seed mode
+    (``noise``, ``seed``, ``noise_options``: :meth:`Job.noise_arguments`)."""
     import torch
-    from PIL.PngImagePlugin import PngInfo
 
     from .gallery import pipeline_options
 
     options = pipeline_options(kind, pipe, job.steps, job.height, job.width, job.guidance_scale)
     negative = {"negative_prompt": job.negative_prompt} if job.negative_prompt else {}
     seeded = job.noise_arguments() or {"generator": torch.Generator("cpu").manual_seed(job.seed)}
-    image = pipe(job.prompt, sampler=job.sampler, sigma_schedule=job.schedule, output_type="pil", **seeded,
-                 **negative, **options).images[0]
+    return dict(prompt=job.prompt, sampler=job.sampler, sigma_schedule=job.schedule, output_type="pil", **seeded,
+                **negative, **options)
+
+
+def check_against_model(pipe, kind: str, jobs: list[Job]) -> None:
+    """Each job's call checked by the pipeline (:meth:`~k_diffusing.pipelines.common.KPipelineMixin.validate`:
+    sizes against the VAE, the schedule against the model's sigma range, every option), before the first render;
+    JobError naming the first job the model refuses."""
+    for job in jobs:
+        try:
+            pipe.validate(**job_call(pipe, kind, job))
+        except (TypeError, ValueError) as error:
+            raise JobError(f"job {job.index}: {error}") from None
+
+
+def render_png(pipe, kind: str, job: Job) -> bytes:
+    """The PNG of a resolved job (:func:`job_call`), with its ``parameters`` chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    image = pipe(**job_call(pipe, kind, job)).images[0]
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, format_parameters(job.parameters(), kind))
     buffer = io.BytesIO()
@@ -412,15 +448,15 @@ def sha256_file(path: Path) -> str:
 
 
 def run_jobs(pipe, kind: str, jobs: list[Job], out: Path, rank: int = 0, world: int = 1, progress=None) -> list[dict]:
-    """Run this process's share of ``jobs`` (job ``i`` goes to process ``i mod world``) into ``out``; one manifest
-    record per job: done (rendered now), skipped (its PNG was there) or failed (with the error)."""
+    """Run this process's share of the resolved ``jobs`` (job ``i`` goes to process ``i mod world``) into ``out``;
+    one manifest record per job: done (rendered now), skipped (its PNG was there) or failed (with the error).
+    ``pipe`` may be None when every PNG is there."""
     from .gallery import save_atomic
 
     records = []
     for job in jobs[rank::world]:
         record = {"index": job.index}
         try:
-            job = resolve(job, kind, pipe)
             path = out / job.file_name()
             if path.exists():
                 record["status"] = "skipped"
@@ -509,6 +545,7 @@ def main(argv=None) -> int:
                 raise JobError("give a job file (or --from-png FILE|DIR ...)" if args.jobs is None else
                                "--best-effort applies to --from-png only")
             jobs = read_jobs(args.jobs, {k: v for k, v in defaults.items() if v is not None}, model_label(model))
+        check_kind(jobs, args.kind)
     except JobError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -527,13 +564,22 @@ def main(argv=None) -> int:
         device = torch.device("cpu")
     dtype = DTYPES[args.dtype or ("float32" if device.type == "cpu" else "bfloat16")]
     try:
-        pipe = load_pipeline(args.kind, model, device, dtype)
+        side = trained_side(model)
+        jobs = [resolve(job, args.kind, side) for job in jobs]
+        pending = [job for job in jobs if not (args.out / job.file_name()).exists()]
+        pipe = load_pipeline(args.kind, model, device, dtype) if pending else None
     except (OSError, ValueError) as error:  # a missing folder, an unreachable hub id, a folder of another family
         print(f"error: cannot load --model {model!r} as a {args.kind} pipeline: {str(error).splitlines()[0]}",
               file=sys.stderr)
         return 2
+    if pipe is not None:
+        try:
+            check_against_model(pipe, args.kind, pending)
+        except JobError as error:
+            print(f"error: {error}; nothing was rendered", file=sys.stderr)
+            return 2
+        pipe.set_progress_bar_config(disable=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe.set_progress_bar_config(disable=True)
     mine = len(jobs[state.process_index::state.num_processes])
     with torch.inference_mode(), tqdm(total=mine, desc=f"process {state.process_index}",
                                       position=state.process_index) as progress:

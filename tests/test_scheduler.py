@@ -200,6 +200,21 @@ def test_dpm_adaptive_is_refused(name):
         KScheduler.from_config(sdxl_scheduler_config(), sampler=sampler)
 
 
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"sampler": "euler_ancestral", "sampler_kwargs": {"eta": float("nan")}}, ValueError,
+     r"sampler_kwargs\['eta'\] must be a finite number >= 0 and <= 100, got nan"),
+    ({"sampler": "dpmpp_2m_sde", "sampler_kwargs": {"s_noise": -0.5}}, ValueError, r"sampler_kwargs\['s_noise'\]"),
+    ({"sampler": "euler", "sampler_kwargs": ("s_churn", 1.0)}, TypeError, "sampler_kwargs must be a dict"),
+    ({"sampler": "euler", "check_finite": "yes"}, TypeError, "check_finite must be True or False, got 'yes'"),
+    ({"sampler": "euler", "quantize_timesteps": 0}, TypeError, "quantize_timesteps must be True or False or None"),
+])
+def test_bad_options_are_refused_when_the_scheduler_is_built(options, error, message):
+    """The same argument rules as the K pipelines (k_diffusing/pipelines/arguments.py), at construction: a plain
+    diffusers pipeline with a KScheduler never runs with them."""
+    with pytest.raises(error, match=message):
+        KScheduler.from_config(sdxl_scheduler_config(), **options)
+
 # --- parity with the native schedulers -----------------------------------------------------------------------------
 
 NATIVE = [

@@ -124,7 +124,8 @@ _INFORMATIONAL = {"Model", "Model hash", "VAE", "VAE hash", "Version", "Styles a
 # A1111 keys with a known meaning generate cannot reproduce, and why.
 _UNSUPPORTED = {
     "Seed resize from": "the noise is drawn at another size and resized (seed resize is not supported)",
-    "Eta DDIM": "DDIM's eta (generate runs the sampler's default)",
+    "Eta DDIM": "A1111's DDIM adds noise each step at this eta (on its grid that is euler_ancestral with this eta; "
+                "generate runs euler, eta 0)",
     "Schedule max sigma": "a custom schedule range (generate uses the model's)",
     "Schedule min sigma": "a custom schedule range (generate uses the model's)",
     "Schedule rho": "a custom schedule rho (generate uses the schedule's default)",
@@ -146,9 +147,31 @@ _UNSUPPORTED = {
     "Refiner switch at": "a refiner model for the last steps (not run)",
 }
 # A1111's timestep samplers (modules/sd_samplers_timesteps.py): DDIM, DDIM CFG++, PLMS and UniPC run on A1111's own
-# timestep grid, not on a sigma schedule, so no catalogue sampler and schedule reproduces them.
+# timestep grid, not on a sigma schedule, and ignore its Schedule type. DDIM and PLMS: see k_diffusing.registry
+# (A1111_DDIM, A1111_PLMS); DDIM CFG++ and UniPC: no catalogue sampler and schedule reproduces them.
 _A1111_TIMESTEP_SAMPLERS = {"ddim", "ddim cfg++", "plms", "unipc"}
+# On the DDIM timestep grid, the catalogue sampler that takes each one's kind of step.
+_A1111_ON_DDIM_GRID = {"ddim": "euler", "plms": "ipndm"}
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network tags: <lora:name:weight>, <hypernet:...>
+
+
+def _a1111_ddim_grid_finding(sampler_name: str, runs: str, steps: int) -> str:
+    """The finding for A1111's DDIM or PLMS: what A1111 ran and what ``--best-effort`` runs (``runs`` on
+    ddim_uniform)."""
+    name = sampler_name.strip()
+    if runs == "euler":
+        what = ("A1111 stops at timestep 1 and leaves that noise (sigma 0.041 on SDXL) in the image; euler on "
+                "ddim_uniform takes the same steps plus the step into 0")
+    else:
+        what = ("not in the catalogue: A1111 warms its multistep up with a Heun step and stops at timestep 1; ipndm "
+                "on ddim_uniform is the same multistep warmed up by an Euler step, plus the step into 0")
+    stride = 1000 // steps if 1 <= steps <= 1000 else 0
+    if stride and 1000 % steps:  # A1111 keeps stepping by the stride up to the table's end
+        count = len(range(0, 1000, stride))
+        top = min(1 + (count - 1) * stride, 999)
+        what += (f"; at {steps} steps A1111's grid also has {count} timesteps up to t = {top}, ddim_uniform {steps} "
+                 f"up to t = {1 + (steps - 1) * stride}")
+    return f"Sampler: {name} ({what}; --best-effort runs {runs} on ddim_uniform)"
 
 
 def _a1111_prompt(text: str, which: str, not_honoured: list[str]) -> str:
@@ -198,8 +221,10 @@ def parse_a1111(text: str, kind: str) -> Reading:
     ``noise="a1111"`` with ``RNG`` (default "GPU"), ``Variation seed`` / ``Variation seed strength``, ``ENSD`` (or
     ``Eta noise seed delta``). Recorded: ``Model``, ``Model hash``, ``VAE``, ``Version``, Forge's ``Module N``. Every
     other setting is a finding: hires fix, LoRA tags and hashes, emphasis brackets, ``Clip skip`` above 1, ``Eta``
-    other than 1, A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC), its Beta schedule (sigma-spaced, the
-    catalogue's is ComfyUI's timestep-spaced one), ADetailer, refiner, custom sigma ranges, unknown keys ..."""
+    other than 1, A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC; ``--best-effort`` runs DDIM as euler and
+    PLMS as ipndm on ddim_uniform, A1111's grid, whatever the ``Schedule type``, which A1111 ignores for them), its
+    Beta schedule (sigma-spaced, the catalogue's is ComfyUI's timestep-spaced one), ADetailer, refiner, custom sigma
+    ranges, unknown keys ..."""
     from .registry import A1111_SCHEDULES, resolve_sampler
 
     prompt, negative, pairs = split_parameters(text)
@@ -221,7 +246,11 @@ def parse_a1111(text: str, kind: str) -> Reading:
         spec, implied = resolve_sampler(sampler_name)
     except ValueError:
         spec = None
-    if sampler_name.strip().lower() in _A1111_TIMESTEP_SAMPLERS:
+    timestep_sampler = " ".join(sampler_name.lower().split())
+    if timestep_sampler in _A1111_ON_DDIM_GRID:
+        values["sampler"] = _A1111_ON_DDIM_GRID[timestep_sampler]
+        not_honoured.append(_a1111_ddim_grid_finding(sampler_name, values["sampler"], values["steps"]))
+    elif timestep_sampler in _A1111_TIMESTEP_SAMPLERS:
         nearest = spec.name if spec is not None else "euler"
         not_honoured.append(f"Sampler: {sampler_name} (A1111 runs it on its own timestep grid, not on a sigma "
                             f"schedule; --best-effort runs {nearest})")
@@ -240,7 +269,12 @@ def parse_a1111(text: str, kind: str) -> Reading:
             values["sampler"] = spec.name
     uniform = A1111_SCHEDULES["uniform"]
     label = pairs.get("Schedule type")
-    if label is None or label.lower() == "automatic":
+    if timestep_sampler in _A1111_ON_DDIM_GRID:  # A1111 runs its own grid whatever the Schedule type says
+        values["schedule"] = "ddim_uniform"
+        if label is not None and label.lower() != "automatic":
+            notes.append(f"Schedule type: {label} (A1111's {sampler_name.strip()} ignores it)")
+        label = None
+    elif label is None or label.lower() == "automatic":
         values["schedule"] = implied or uniform
     elif label.lower() in A1111_SCHEDULES:
         values["schedule"] = A1111_SCHEDULES[label.lower()]

@@ -168,9 +168,9 @@ def test_a1111_settings_that_are_not_honoured():
     cases = [
         ("Euler", ", Clip skip: 2", ["Clip skip: 2"]),
         ("Euler a", ", Eta: 0.5", ["Eta: 0.5"]),
-        ("PLMS", "", ["Sampler: PLMS", "timestep grid", "euler"]),
+        ("PLMS", "", ["Sampler: PLMS", "Heun", "--best-effort runs ipndm on ddim_uniform"]),
         ("UniPC", "", ["Sampler: UniPC", "timestep grid", "uni_pc"]),  # A1111's UniPC is not ComfyUI's
-        ("DDIM", "", ["Sampler: DDIM", "timestep grid"]),
+        ("DDIM", "", ["Sampler: DDIM", "stops at timestep 1", "--best-effort runs euler on ddim_uniform"]),
         ("Heun++", "", ["Sampler: Heun++", "not in the catalogue"]),
         ("DPM adaptive", "", ["Sampler: DPM adaptive"]),
         ("Euler", ", Schedule type: Karras Exponential", ["Schedule type: Karras Exponential"]),
@@ -189,6 +189,31 @@ def test_a1111_settings_that_are_not_honoured():
                            "sdxl")
     assert has(emphasis.not_honoured, "emphasis") and has(emphasis.not_honoured, "BREAK")
     assert emphasis.source == "A1111-format (no Version)"
+
+
+@pytest.mark.parametrize("sampler, runs", [("DDIM", "euler"), ("PLMS", "ipndm")])
+def test_a1111_ddim_and_plms_run_on_the_ddim_grid(sampler, runs):
+    """A1111's DDIM and PLMS run on its DDIM timestep grid whatever the Schedule type (it ignores it for them, and
+    writes it all the same): --best-effort runs euler / ipndm on ddim_uniform (k_diffusing.registry's A1111_DDIM and
+    A1111_PLMS, measured in tests/test_catalogue.py), the finding says what differs."""
+    base = "a cat\nSteps: {steps}, Sampler: {sampler}, CFG scale: 7, Seed: 1, Size: 64x64{extra}, Version: v1.10.1"
+    for extra in ("", ", Schedule type: Automatic", ", Schedule type: Karras", ", Schedule type: Beta"):
+        reading = parse_a1111(base.format(steps=20, sampler=sampler, extra=extra), "sdxl")
+        assert (reading.values["sampler"], reading.values["schedule"]) == (runs, "ddim_uniform")
+        assert len(reading.not_honoured) == 1 and has(reading.not_honoured, f"Sampler: {sampler}", "timestep 1")
+        label = extra.removeprefix(", Schedule type: ")
+        assert reading.notes == ([f"Schedule type: {label} (A1111's {sampler} ignores it)"]
+                                 if label not in ("", "Automatic") else [])
+    # 20 steps divide 1000: the same grid; 30 do not: A1111's grid has 31 timesteps up to t = 991
+    assert not has(parse_a1111(base.format(steps=20, sampler=sampler, extra=""), "sdxl").not_honoured, "grid")
+    thirty = parse_a1111(base.format(steps=30, sampler=sampler, extra=""), "sdxl").not_honoured
+    assert has(thirty, "31 timesteps up to t = 991", "ddim_uniform 30 up to t = 958")
+
+
+def test_a1111_ddim_eta_is_a_finding_that_names_euler_ancestral():
+    text = "a cat\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 64x64, Eta DDIM: 0.3, Version: v1.10.1"
+    found = parse_a1111(text, "sdxl").not_honoured
+    assert len(found) == 2 and has(found, "Eta DDIM: 0.3", "euler_ancestral with this eta", "generate runs euler")
 
 
 def test_forge_flux(tmp_path):

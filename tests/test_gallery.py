@@ -245,7 +245,8 @@ def test_summary_table_lists_seconds_calls_and_adherence_per_family(tmp_path):
         "sdxl": folder("sdxl", {"euler": {"schedule": None, "model_calls": 3, "adherence": [1.0, 0.8, 1.0, 0.6]},
                                 "dpmpp_2m": {"schedule": "karras", "model_calls": 3, "adherence": None}},
                        {"euler": 1.5, "dpmpp_2m": 2.25}),
-        "flux": folder("flux", {"euler": {"schedule": None, "model_calls": 3, "adherence": [1.0, 1.0]}}, {"euler": 0.5}),
+        "flux": folder("flux", {"euler": {"schedule": None, "model_calls": 3, "adherence": [1.0, 1.0]}},
+                       {"euler": 0.5}),
     }
     lines = gallery.summary_table(folders).splitlines()
     assert lines[0].split() == ["sampler", "sdxl", "s", "calls", "adherence", "flux", "s", "calls", "adherence"]

@@ -161,8 +161,9 @@ _DISPLAY = {d.lower(): s for s in _SPECS for d in s.display_names}
 # named schedule such as ddim_uniform at sigma_T z (k-diffusion's convention: 0.4 % lower at 20 steps).
 A1111_DDIM = (
     "A1111's DDIM (Song et al. 2020, arXiv 2010.02502), a = alphabar_t: "
-    "x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s_t^2) eps + s_t z with s_t = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev), eta = 0 by default (setting 'Eta for "
-    "DDIM', written as 'Eta DDIM'). In VE units (x / sqrt(a)) at eta = 0 this is the Euler step "
+    "x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s_t^2) eps + s_t z with "
+    "s_t = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev), eta = 0 by default (setting 'Eta for DDIM', written "
+    "as 'Eta DDIM'). In VE units (x / sqrt(a)) at eta = 0 this is the Euler step "
     "x + (sigma_prev - sigma) eps; at eta > 0 it is euler_ancestral's step with that eta. 'DDIM' runs euler on the "
     "ddim_uniform schedule: when steps divides 1000 the same grid and the same steps down to t = 1 (equal within "
     "1e-12 on the analytic denoiser, tests/test_catalogue.py), then one more model call, the Euler step from "

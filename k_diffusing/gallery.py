@@ -218,8 +218,13 @@ def load_or_refuse(kind: str, model: str, device, dtype: torch.dtype, option: st
         with quiet_loading():
             return load_pipeline(kind, model, device, dtype)
     except LOAD_ERRORS as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise BadArguments(f"cannot load {option} {model!r} as a {kind} pipeline: {first}") from None
+        raise load_refusal(kind, model, option, error) from None
+
+
+def load_refusal(kind: str, model: str, option: str, error: Exception) -> BadArguments:
+    """The one-line refusal of a model that does not load: ``option``, the model and the loader's first line."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return BadArguments(f"cannot load {option} {model!r} as a {kind} pipeline: {first}")
 
 
 def pipeline_options(kind: str, pipe, steps: int, height=None, width=None, guidance_scale=None) -> dict:

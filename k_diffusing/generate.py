@@ -381,14 +381,18 @@ def check_kind(jobs: list[Job], kind: str) -> None:
                            "true_cfg_scale > 1, which this command does not set)")
 
 
-def trained_side(model: str) -> int:
+def trained_side(kind: str, model: str) -> int:
     """The image side the model was trained at (its VAE's ``sample_size``), read from the VAE's config alone, so a
-    rerun with nothing to do loads no weights. OSError / ValueError where there is no such model."""
+    rerun with nothing to do loads no weights. :class:`~k_diffusing.gallery.BadArguments` where there is no such
+    model (the loader's one-line refusal)."""
     from diffusers import AutoencoderKL
 
-    from .gallery import model_location
+    from .gallery import LOAD_ERRORS, load_refusal, model_location
 
-    side = AutoencoderKL.load_config(model_location(model), subfolder="vae")["sample_size"]
+    try:
+        side = AutoencoderKL.load_config(model_location(model), subfolder="vae")["sample_size"]
+    except LOAD_ERRORS as error:
+        raise load_refusal(kind, model, "--model", error) from None
     return side[0] if isinstance(side, (list, tuple)) else side
 
 
@@ -555,7 +559,7 @@ def main(argv=None) -> int:
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from .gallery import load_pipeline
+    from .gallery import BadArguments, load_or_refuse
 
     # On a machine without an accelerator, accelerate treats torchrun's processes as distributed only when told cpu
     state = PartialState(cpu=args.device == "cpu" or not _has_accelerator())
@@ -563,14 +567,13 @@ def main(argv=None) -> int:
     if device.type == "cpu":  # accelerate says cpu:0 under torchrun; diffusers' SDXL then gives other bits than on cpu
         device = torch.device("cpu")
     dtype = DTYPES[args.dtype or ("float32" if device.type == "cpu" else "bfloat16")]
-    try:
-        side = trained_side(model)
+    try:  # a missing folder, an unreachable hub id, a folder of another family: one line, exit 2
+        side = trained_side(args.kind, model)
         jobs = [resolve(job, args.kind, side) for job in jobs]
         pending = [job for job in jobs if not (args.out / job.file_name()).exists()]
-        pipe = load_pipeline(args.kind, model, device, dtype) if pending else None
-    except (OSError, ValueError) as error:  # a missing folder, an unreachable hub id, a folder of another family
-        print(f"error: cannot load --model {model!r} as a {args.kind} pipeline: {str(error).splitlines()[0]}",
-              file=sys.stderr)
+        pipe = load_or_refuse(args.kind, model, device, dtype) if pending else None
+    except BadArguments as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if pipe is not None:
         try:

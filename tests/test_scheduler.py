@@ -18,6 +18,7 @@ pytest.importorskip("greenlet")
 import diffusers
 from diffusers import (
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
@@ -26,7 +27,7 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
-from k_diffusing import KScheduler, list_samplers
+from k_diffusing import FLOW, VE, KScheduler, list_samplers
 from k_diffusing.denoisers import DiscreteDenoiser, FlowDenoiser
 from k_diffusing.pipelines.schedulers import scheduler_sigmas
 from k_diffusing.registry import get_sampler
@@ -456,6 +457,60 @@ def test_begin_index_inside_a_step_is_refused():
     scheduler.set_begin_index(2)
     assert scheduler.begin_index == 2
 
+
+
+def test_samplers_that_cannot_start_mid_schedule_say_so():
+    """dpm_fast plans its whole run as one step (its call budget is split over the range); sa_solver_pece's tail from
+    a later step makes other calls; restart starts from most steps, but not where a restart interval would move
+    (20 steps: step 18)."""
+    def scheduler(name, steps):
+        s = KScheduler.from_config(sdxl_scheduler_config(), sampler=name)
+        s.set_timesteps(steps)
+        return s
+
+    with pytest.raises(ValueError, match="begin index 1 is not the first model call of a step of sampler 'dpm_fast'"):
+        scheduler("dpm_fast", 8).set_begin_index(1)
+    pece = scheduler("sa_solver_pece", 8)
+    for start in pece._plan.step_starts[1:]:
+        with pytest.raises(ValueError, match="sampler 'sa_solver_pece' started at step .* cannot start mid-schedule"):
+            pece.set_begin_index(start)
+    restart = scheduler("restart", 20)
+    starts = restart._plan.step_starts
+    restart.set_begin_index(starts[10])
+    with pytest.raises(ValueError, match="sampler 'restart' started at step 18 makes other model calls"):
+        restart.set_begin_index(starts[18])
+
+
+def test_a_config_without_class_name_is_euler_or_flowmatch_euler():
+    """A plain dict (no ``_class_name``): EulerDiscrete, or FlowMatchEuler when it has flow keys and no betas."""
+    discrete = KScheduler.from_config({k: v for k, v in sdxl_scheduler_config().items() if k != "_class_name"})
+    assert type(discrete.base) is EulerDiscreteScheduler and discrete.geometry is VE
+    flow = KScheduler.from_config({"num_train_timesteps": 1000, "shift": 3.0})
+    assert type(flow.base) is FlowMatchEulerDiscreteScheduler and flow.geometry is FLOW
+
+
+def test_noise_from_the_global_rng_is_logged():
+    """A stochastic sampler stepped without a generator (FluxPipeline, SD3 and Wan pass none) draws from torch's global
+    RNG, as diffusers' own schedulers do, and says so once per run in the log."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("k_diffusing.scheduler")
+    logger.addHandler(handler)
+    try:
+        for name in ("euler", "euler_ancestral"):
+            scheduler = KScheduler.from_config(sdxl_scheduler_config(), sampler=name)
+            scheduler.set_timesteps(2)
+            sample = torch.zeros(1, 4, 2, 2)
+            for t in scheduler.timesteps:
+                sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages == ["KScheduler: sampler 'euler_ancestral' draws its noise from torch's global RNG (the pipeline "
+                        "passed no generator to step); call scheduler.set_generator(g) for reproducible noise"]
 
 def test_churn_before_the_first_call_is_refused_also_mid_schedule():
     """s_churn noises the state before a step's first call, which no pipeline loop can serve at its start."""

@@ -51,10 +51,7 @@ def main(argv=None) -> int:
             if write and not update:
                 raise BadArguments("--write puts the gallery table into the README, which shows the committed goldens: "
                                    "add --update-goldens")
-            if update and getattr(args, "samplers", None):
-                raise BadArguments("--samplers with --update-goldens would rewrite the goldens' gallery.json with only "
-                                   "those samplers (the image regression checks every one): drop one of them")
-            out = output_folder(getattr(args, "out", None), update)
+            out = output_folder(getattr(args, "out", None), update, samplers=getattr(args, "samplers", None))
         except BadArguments as error:
             print(f"error: {error}", file=sys.stderr)
             raise

@@ -136,10 +136,7 @@ def validate(args) -> list:
 
     if args.steps < 1:
         raise BadArguments(f"--steps must be at least 1, got {args.steps}")
-    args.out = output_folder(args.out, args.update_goldens, args.kind)
-    if args.update_goldens and args.samplers is not None:
-        raise BadArguments("--samplers with --update-goldens would rewrite the goldens' gallery.json with only those "
-                           "samplers (the image regression checks every one): drop one of them")
+    args.out = output_folder(args.out, args.update_goldens, args.kind, args.samplers)
     if args.sigma_schedule is not None and args.sigma_schedule not in SCHEDULES:
         raise BadArguments(str(unknown_name("sigma schedule", args.sigma_schedule, SCHEDULES)))
     for side in ("height", "width"):
@@ -166,11 +163,15 @@ def validate(args) -> list:
     return chosen
 
 
-def output_folder(out: Path | None, update_goldens: bool, kind: str | None = None) -> Path:
+def output_folder(out: Path | None, update_goldens: bool, kind: str | None = None, samplers=None) -> Path:
     """``out``, or the goldens' folder with ``update_goldens``, else the runs folder (``kind``: the family's
-    subfolder; ``None``: the folder of both families)."""
+    subfolder; ``None``: the folder of both families). The goldens are written whole: ``samplers`` (``--samplers``)
+    with ``update_goldens`` is refused."""
     if out is not None and update_goldens:
         raise BadArguments(f"--out {out} and --update-goldens both choose the output folder; give one")
+    if update_goldens and samplers:
+        raise BadArguments("--samplers with --update-goldens would rewrite the goldens' gallery.json with only those "
+                           "samplers (the image regression checks every one): drop one of them")
     base = GOLDENS if update_goldens else RUNS
     return out if out is not None else (base / kind if kind else base)
 

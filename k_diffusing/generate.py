@@ -138,7 +138,8 @@ def _typed(key: str, value, where: str):
 
 def check_job_values(values: dict, where: str) -> dict:
     """``values`` with A1111 sampler names resolved (``"DPM++ 2M Karras"`` -> dpmpp_2m + karras, unless the job
-    names another schedule: then that one, as the pipelines' ``sigma_schedule`` wins) and every value checked; JobError naming ``where`` otherwise (also for a sampler the pipelines cannot run: ``dpm_adaptive``)."""
+    names another schedule: then that one, as the pipelines' ``sigma_schedule`` wins) and every value checked;
+    JobError naming ``where`` otherwise (also for a sampler the pipelines cannot run: ``dpm_adaptive``)."""
     from .gallery import pipeline_refusal
     from .registry import resolve_sampler
     from .schedules import SCHEDULES

@@ -150,8 +150,6 @@ _UNSUPPORTED = {
 # timestep grid, not on a sigma schedule, and ignore its Schedule type. DDIM and PLMS: see k_diffusing.registry
 # (A1111_DDIM, A1111_PLMS); DDIM CFG++ and UniPC: no catalogue sampler and schedule reproduces them.
 _A1111_TIMESTEP_SAMPLERS = {"ddim", "ddim cfg++", "plms", "unipc"}
-# On the DDIM timestep grid, the catalogue sampler that takes each one's kind of step.
-_A1111_ON_DDIM_GRID = {"ddim": "euler", "plms": "ipndm"}
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network tags: <lora:name:weight>, <hypernet:...>
 
 
@@ -225,7 +223,7 @@ def parse_a1111(text: str, kind: str) -> Reading:
     PLMS as ipndm on ddim_uniform, A1111's grid, whatever the ``Schedule type``, which A1111 ignores for them), its
     Beta schedule (sigma-spaced, the catalogue's is ComfyUI's timestep-spaced one), ADetailer, refiner, custom sigma
     ranges, unknown keys ..."""
-    from .registry import A1111_SCHEDULES, resolve_sampler
+    from .registry import A1111_SCHEDULES, A1111_TIMESTEP_NEAREST, resolve_sampler
 
     prompt, negative, pairs = split_parameters(text)
     missing = [key for key in ("Steps", "Sampler", "Seed", "Size") if key not in pairs]
@@ -247,8 +245,8 @@ def parse_a1111(text: str, kind: str) -> Reading:
     except ValueError:
         spec = None
     timestep_sampler = " ".join(sampler_name.lower().split())
-    if timestep_sampler in _A1111_ON_DDIM_GRID:
-        values["sampler"] = _A1111_ON_DDIM_GRID[timestep_sampler]
+    if timestep_sampler in A1111_TIMESTEP_NEAREST:
+        values["sampler"] = A1111_TIMESTEP_NEAREST[timestep_sampler]
         not_honoured.append(_a1111_ddim_grid_finding(sampler_name, values["sampler"], values["steps"]))
     elif timestep_sampler in _A1111_TIMESTEP_SAMPLERS:
         nearest = spec.name if spec is not None else "euler"
@@ -269,7 +267,7 @@ def parse_a1111(text: str, kind: str) -> Reading:
             values["sampler"] = spec.name
     uniform = A1111_SCHEDULES["uniform"]
     label = pairs.get("Schedule type")
-    if timestep_sampler in _A1111_ON_DDIM_GRID:  # A1111 runs its own grid whatever the Schedule type says
+    if timestep_sampler in A1111_TIMESTEP_NEAREST:  # A1111 runs its own grid whatever the Schedule type says
         values["schedule"] = "ddim_uniform"
         if label is not None and label.lower() != "automatic":
             notes.append(f"Schedule type: {label} (A1111's {sampler_name.strip()} ignores it)")

@@ -189,7 +189,9 @@ A1111_PLMS = (
 # for step; "ddim" written in lower case alone is ComfyUI's short name (ALIASES: euler on the chosen schedule).
 A1111_TIMESTEP_SAMPLERS = {"ddim": ("euler", "ddim_uniform")}
 A1111_TIMESTEP_REFUSED = {"plms": A1111_PLMS}
-_A1111_NEAREST = {"ddim": "euler", "plms": "ipndm"}  # the catalogue sampler whose steps each one takes
+# On A1111's DDIM grid (ddim_uniform), the catalogue sampler whose steps each one takes (generate --from-png's
+# --best-effort runs it)
+A1111_TIMESTEP_NEAREST = {"ddim": "euler", "plms": "ipndm"}
 
 
 class ResolvedSampler(NamedTuple):
@@ -224,10 +226,11 @@ def resolve_sampler(name: str) -> ResolvedSampler:
         if lowered.endswith(" " + suffix) and lowered[: -len(suffix) - 1] in _DISPLAY:
             return ResolvedSampler(_DISPLAY[lowered[: -len(suffix) - 1]], schedule)
         base = lowered[: -len(suffix) - 1]
-        if lowered.endswith(" " + suffix) and base in _A1111_NEAREST:
+        if lowered.endswith(" " + suffix) and base in A1111_TIMESTEP_NEAREST:
             where = f"sigma_schedule {schedule!r}" if schedule else "the pipeline's own sigmas"
             raise ValueError(f"sampler {key!r}: A1111's {base.upper()} runs on its own timestep grid and takes no "
-                             f"schedule; the catalogue's nearest on {where} is sampler {_A1111_NEAREST[base]!r}")
+                             f"schedule; the catalogue's nearest on {where} is sampler "
+                             f"{A1111_TIMESTEP_NEAREST[base]!r}")
     names = (list(SAMPLERS) + list(ALIASES) + [d for s in _SPECS for d in s.display_names]
              + [name.upper() for name in A1111_TIMESTEP_SAMPLERS])
     raise unknown_name("sampler", key, names)

@@ -14,7 +14,6 @@ from ..geometry import Geometry
 from ..names import did_you_mean
 from ..registry import SamplerSpec, resolve_sampler
 from ..samplers.base import check_schedule
-from .arguments import check_sampler_options
 from .schedulers import equivalent
 
 # Sampler options the pipeline supplies itself.
@@ -48,8 +47,8 @@ def pick_sampler(scheduler, sampler, sigma_schedule: str | None, sampler_kwargs:
 
 
 def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dict) -> None:
-    """Refuse options the sampler does not take (nothing is silently ignored), the ones the pipeline owns, and
-    values the options' rules do not accept (:data:`~k_diffusing.pipelines.arguments.SAMPLER_OPTIONS`)."""
+    """Refuse options the sampler does not take (nothing is silently ignored) and the ones the pipeline owns (their
+    values: :data:`~k_diffusing.pipelines.arguments.SAMPLER_OPTIONS`, checked as the KScheduler is built)."""
     owned = sorted(PIPELINE_OWNED & set(sampler_kwargs))
     if owned:
         raise ValueError(f"sampler_kwargs may not set {owned}: pass the pipeline's `generator` argument instead")
@@ -69,7 +68,6 @@ def check_sampler_kwargs(function, spec: SamplerSpec | None, sampler_kwargs: dic
             f"sampler {name!r} does not take option(s) {unknown}.{did_you_mean(unknown[0], accepted)} "
             f"Its options: {', '.join(accepted) or 'none'}"
         )
-    check_sampler_options(sampler_kwargs)
 
 
 def check_steps(num_inference_steps) -> int:

@@ -244,7 +244,7 @@ class KPipelineMixin(SavesAsParent):
         bound = parent.bind(self, *args, **kwargs)
         bound.apply_defaults()
         call = bound.arguments
-        check_call_arguments({**_keywords(bound), **options})
+        check_call_arguments(_keywords(bound))  # the KScheduler checks its own options when it is built
         _check_seed_arguments(mode, seed, call)
         if isinstance(self.scheduler, KScheduler) and not any(options.values()) and not mode.seeded:
             scheduler = self.scheduler
@@ -343,9 +343,7 @@ class KPipelineMixin(SavesAsParent):
         device = self._execution_device
         layout = getattr(self, "noise_layout", None)
         if layout is not None:
-            height = call["height"] or self.default_sample_size * self.vae_scale_factor
-            width = call["width"] or self.default_sample_size * self.vae_scale_factor
-            shape, pack = layout(images, int(height), int(width))
+            shape, pack = layout(images, *self._size(call))
             noise = seeding.initial_noise(mode, seed, shape, device)
             call["latents"] = noise if pack is None else pack(noise)
             scheduler.set_noise_layout(shape, pack)

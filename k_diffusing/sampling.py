@@ -4,8 +4,10 @@ Every public sampler and helper of k-diffusion 0.1.1 exists here under the same 
 keyword-only extensions such as ``generator``), and gives k-diffusion's result for the same model, sigmas and
 ``noise_sampler`` on variance-exploding models. Unlike k-diffusion, the samplers also run correctly on flow-matching
 models (a model whose ``geometry`` attribute is ``k_diffusing.geometry.FLOW``), keep float32 state for half-precision
-inputs and make no host syncs inside their loops. The rest of the catalogue (``sample_uni_pc``, ``sample_restart``,
-...) is exported here too.
+inputs, make no host syncs inside their loops, and skip zero-length steps (two equal consecutive sigmas, as
+diffusers' schedulers produce; k-diffusion divides by zero on them in its multistep samplers): such a step makes no
+model call and draws no noise, and the callback's ``i`` counts the steps that remain. The rest of the catalogue
+(``sample_uni_pc``, ``sample_restart``, ...) is exported here too.
 
 Not carried over: ``log_likelihood`` (needs torchdiffeq and is not a sampler) and k-diffusion's internal
 ``DPMSolver`` / ``PIDStepSizeController`` classes.

@@ -3,6 +3,13 @@ callback, noise and the progress bar. A sampler body builds one :class:`SamplerR
 
 Host syncs: ``sigmas`` are copied to a Python list once, before the loop (one copy if they live on an
 accelerator); after that every coefficient is a Python float, and the loop never reads a tensor that lives with ``x``.
+
+Zero-length steps: a schedule may repeat a sigma (diffusers' DDIM with ``set_alpha_to_one=False`` ends
+``[..., 0.0292, 0.0292]``; DPM-Solver/UniPC with ``final_sigmas_type="sigma_min"`` end on a repeated sigma). A step
+between two equal sigmas leaves ``x`` unchanged: it makes no model call, draws no noise, and multistep histories do
+not see it. :class:`SamplerRun` removes such steps once, when it reads the schedule (:func:`distinct_sigmas`), so every
+sampler runs on the schedule without them and a run on ``[..., s, s, ...]`` equals, bit for bit, the run on the same
+schedule with the repeat removed.
 """
 
 from __future__ import annotations
@@ -39,6 +46,12 @@ def sigmas_to_list(sigmas) -> list[float]:
     return values
 
 
+def distinct_sigmas(values: list[float]) -> list[float]:
+    """``values`` without zero-length steps: each run of equal consecutive sigmas kept once (``[s, s]`` -> ``[s]``,
+    no step at all). Exact float equality: two sigmas that differ at all make a (short) step."""
+    return values[:1] + [b for a, b in zip(values, values[1:]) if b != a]
+
+
 # Relative slack on a geometry's largest sigma (a shifted flow table's 1 may round to 1 + 2e-16).
 SIGMA_MAX_SLACK = 1e-6
 
@@ -66,7 +79,10 @@ class SamplerRun:
         model: denoiser ``model(x, sigma_batch, **extra_args) -> denoised``; its ``geometry`` attribute (default VE).
         x: initial sample; the state is kept in ``state_dtype(x.dtype)`` and the result cast back to ``x.dtype``
             (an integer ``x``: the state dtype, float32).
-        sigmas: descending noise levels (tensor or sequence), usually ending in 0.
+        sigmas: descending noise levels (tensor or sequence), usually ending in 0. Zero-length steps (equal
+            consecutive sigmas) are removed (:func:`distinct_sigmas`): ``self.sigmas``, :meth:`steps`, the step
+            index ``i`` of the callback and of ``model.on_step_end(i, x)``, the progress bar and the Brownian tree all
+            go by the schedule without them. A schedule of one repeated value makes no step and returns ``x``.
         noise_sampler: explicit noise source ``(sigma, sigma_next) -> N(0, I)``; overrides ``generator``.
         generator: one ``torch.Generator`` or one per batch item, for the default noise.
         brownian: default noise is a Brownian tree over the sigmas' positive range (k-diffusion's SDE samplers)
@@ -94,8 +110,9 @@ class SamplerRun:
     ):
         self.model = model
         self.geometry: Geometry = geometry_of(model)
-        self.sigmas = sigmas_to_list(sigmas)
-        check_schedule(self.sigmas, self.geometry, descending)
+        values = sigmas_to_list(sigmas)
+        check_schedule(values, self.geometry, descending)
+        self.sigmas = distinct_sigmas(values)
         self.extra_args = {} if extra_args is None else extra_args
         self.callback = callback
         self.disable = disable
@@ -124,7 +141,7 @@ class SamplerRun:
         """Hand the noise queries of a dry run of the sampler to the tree, which computes them ahead; no tree is
         built when the run makes no query (``eta = 0``)."""
         sampler = self._noise_sampler
-        if sampler is not None and not hasattr(sampler, "plan"):
+        if (sampler is not None and not hasattr(sampler, "plan")) or len(self.sigmas) < 2:
             return
         queries = dry_run(replay, self.geometry, self.sigmas).noise_queries
         if not queries:
@@ -196,7 +213,7 @@ class SamplerRun:
             x.copy_(replaced)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
-        if self._on_step_end is not None:
+        if self._on_step_end is not None and len(self.sigmas) > 1:
             self._end_step(len(self.sigmas) - 2, x)
         return x.to(self.out_dtype)
 

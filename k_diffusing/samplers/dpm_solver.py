@@ -112,6 +112,8 @@ def _fast(solver: _Solver, x: torch.Tensor, lam_start: float, lam_end: float, n:
     """DPM-Solver-fast from ``lam_start`` to ``lam_end`` with ``n`` model calls, steps uniform in ``lambda``."""
     if n < 1:
         raise ValueError(f"dpm_fast needs at least 1 model call, got n={n}")
+    if lam_start == lam_end:  # a zero-length interval: no step (base.distinct_sigmas)
+        return x
     orders = _fast_orders(n)
     lams = [lam_start + (lam_end - lam_start) * k / len(orders) for k in range(len(orders) + 1)]
     for order, lam, lam_next in zip(orders, lams[:-1], lams[1:]):
@@ -214,11 +216,12 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
     Noise prediction in any geometry (``sigma_min``, ``sigma_max`` need a finite ``lambda``: flow ``sigma < 1``).
     Order 3 when ``n % 3 == 2`` (the remainder step is DPM-Solver-2), else limited to 2 by the final DPM-Solver-1
     step; stochastic only with ``eta > 0`` (ancestral, Gaussian noise). Stops at ``sigma_min`` (no step into 0),
-    as k-diffusion; ``sigma_min > sigma_max`` integrates backwards (``eta = 0`` only).
+    as k-diffusion; ``sigma_min > sigma_max`` integrates backwards (``eta = 0`` only). ``sigma_min == sigma_max``
+    is a zero-length interval: ``x`` is returned unchanged, with no model call (k-diffusion divides by ``h = 0``).
     """
     run = SamplerRun(model, x, [sigma_max, sigma_min], extra_args, callback, disable, noise_sampler, generator,
                      descending=False)
-    lam_start, lam_end = _budget_lambdas(run.geometry, run.sigmas[1], run.sigmas[0], eta)
+    lam_start, lam_end = _budget_lambdas(run.geometry, run.sigmas[-1], run.sigmas[0], eta)
     with tqdm(total=n, disable=disable) as pbar:
         x = _fast(_Solver(run, pbar, eta, s_noise), run.x, lam_start, lam_end, n)
     return run.finish(x)
@@ -234,12 +237,13 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
     Noise prediction in any geometry (``sigma_min``, ``sigma_max`` need a finite ``lambda``: flow ``sigma < 1``).
     ``order`` calls per accepted step, ``order - 1`` per rejected one; one host sync per attempted step to read the
     error. Stochastic only with ``eta > 0`` (ancestral, Gaussian noise; the controller then assumes order 1.5).
-    Stops at ``sigma_min`` (no step into 0). The callback gets ``error``, ``h`` and ``accept`` with every attempt.
+    Stops at ``sigma_min`` (no step into 0); ``sigma_min == sigma_max`` returns ``x`` unchanged with no model call.
+    The callback gets ``error``, ``h`` and ``accept`` with every attempt.
     With ``return_info`` returns ``(x, {'steps', 'nfe', 'n_accept', 'n_reject'})``.
     """
     run = SamplerRun(model, x, [sigma_max, sigma_min], extra_args, callback, disable, noise_sampler, generator,
                      descending=False)
-    lam_start, lam_end = _budget_lambdas(run.geometry, run.sigmas[1], run.sigmas[0], eta)
+    lam_start, lam_end = _budget_lambdas(run.geometry, run.sigmas[-1], run.sigmas[0], eta)
     with tqdm(disable=disable) as pbar:
         x, info = _adaptive(_Solver(run, pbar, eta, s_noise), run.x, lam_start, lam_end, order, rtol, atol, h_init,
                             pcoeff, icoeff, dcoeff, accept_safety)
@@ -257,6 +261,8 @@ def _on_schedule(solver: _Solver, x: torch.Tensor, integrate) -> torch.Tensor:
     """
     run, geo = solver.run, solver.geo
     sigmas = run.sigmas
+    if len(sigmas) < 2:  # one repeated sigma: no step
+        return x
     positive = [s for s in sigmas if s > 0]
     sigma_start, sigma_min = positive[0], positive[-1]
     from_infinity = not math.isfinite(geo.half_log_snr(sigma_start))

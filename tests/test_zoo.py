@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from k_diffusing.testing.zoo import DISCRETE, FLOW, ZOO
+from k_diffusing.testing.zoo import GEOMETRIES, ZOO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,11 +43,28 @@ def test_zoo_covers_the_families():
         "FluxFillPipeline",
         "FluxKontextPipeline",
         "WanPipeline",
+        "StableDiffusionControlNetPipeline",
+        "LatentConsistencyModelPipeline",
     }
-    assert all(case.geometry in (DISCRETE, FLOW) for case in ZOO.values())
+    assert {type(case.default_scheduler()).__name__ for case in ZOO.values()} >= {
+        "EulerDiscreteScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "PNDMScheduler",
+        "DDIMScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+        "EDMDPMSolverMultistepScheduler",
+        "EDMEulerScheduler",
+    }
+    assert all(case.geometry in GEOMETRIES for case in ZOO.values())
     refiner = ZOO["sdxl_refiner"].build()
     assert refiner.text_encoder is None and refiner.tokenizer is None and refiner.config.requires_aesthetics_score
     assert ZOO["sd15_v"].default_scheduler().config.prediction_type == "v_prediction"
+    assert ZOO["sd15_pndm"].default_scheduler().config.skip_prk_steps
+    ddim = ZOO["sd15_controlnet_ddim"].default_scheduler().config
+    assert ddim.steps_offset == 0 and not ddim.set_alpha_to_one and not ddim.clip_sample
+    assert ZOO["sd15_lcm"].build().unet.config.time_cond_proj_dim is not None
 
 
 def test_runs_finite_with_declared_shape_and_rebuilds_bit_identically(first_run):

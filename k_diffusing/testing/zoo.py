@@ -36,6 +36,9 @@ from diffusers import (
     AutoencoderKL,
     AutoencoderKLWan,
     ControlNetModel,
+    DDIMScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxFillPipeline,
@@ -44,13 +47,18 @@ from diffusers import (
     FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
+    LatentConsistencyModelPipeline,
+    LCMScheduler,
+    PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
+    TCDScheduler,
     UNet2DConditionModel,
     UniPCMultistepScheduler,
     WanPipeline,
@@ -64,6 +72,7 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from . import zoo_schedulers
 from .tiny import (
     ADDITION_TIME_EMBED_DIM,
     PROJECTION_DIM,
@@ -78,8 +87,10 @@ from .tiny import (
 from .tiny_flux import _t5_config, flux_scheduler_config, tiny_flux_components, tiny_flux_transformer, tiny_flux_vae
 from .tokenizers import clip_tokenizer, t5_tokenizer
 
-DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps or v prediction)
+DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps, v or x0 prediction)
 FLOW = "flow"  # rectified flow, x = (1 - sigma) x0 + sigma eps (velocity prediction)
+EDM = "edm"  # Karras et al. 2022: x = x0 + sigma eps on continuous sigmas, c_skip/c_out/c_in/c_noise preconditioning
+GEOMETRIES = (DISCRETE, FLOW, EDM)
 
 SEED = 0  # component seeds: SEED, SEED + 1, ... one per model, as in tiny.py and tiny_flux.py
 IMAGE_SEED = 1234  # the init / mask / control images, independent of the call's generator
@@ -87,6 +98,8 @@ PROMPT = "a photo of a cat riding a horse"
 SIZE = 32  # image side in pixels for every case
 STEPS = 4
 STRENGTH = 0.6
+TCD_ETA = 0.3  # h1t/TCD-SD15-LoRA's recommended gamma (the pipeline's ``eta``)
+LCM_TIME_COND_PROJ_DIM = 32  # the guidance-scale embedding width of diffusers' LCM fast test UNet
 MAX_SEQUENCE_LENGTH = 32  # T5 tokens (the pipelines' defaults are 256-512)
 SD15_VAE_SCALING_FACTOR = 0.18215  # SD 1.5's vae/config.json
 SD3_VAE_SCALING_FACTOR = 1.5305  # SD3 medium's vae/config.json
@@ -103,7 +116,7 @@ class ZooCase:
     ``components(scheduler)`` returns the pipeline's constructor keywords (fresh models, same weights every time);
     ``default_scheduler()`` a fresh instance of the family's usual scheduler (configure a replacement from its
     ``.config``); ``inputs(generator)`` the call keywords for a small run with ``output_type="latent"``.
-    ``geometry`` is :data:`DISCRETE` or :data:`FLOW`. ``step_gets_generator`` says whether the pipeline's loop
+    ``geometry`` is one of :data:`GEOMETRIES`. ``step_gets_generator`` says whether the pipeline's loop
     passes ``generator`` to ``scheduler.step`` (the SD/SDXL pipelines do when ``step`` has a ``generator``
     parameter; SD3, FLUX and Wan never do). ``latent_shape`` is the shape of :meth:`run`'s latents.
     """
@@ -135,6 +148,11 @@ class ZooCase:
 
 def _euler_scheduler(prediction_type: str):
     return lambda: EulerDiscreteScheduler.from_config(sdxl_scheduler_config(prediction_type))
+
+
+def _configured(scheduler_cls, config):
+    """A scheduler factory: ``scheduler_cls.from_config(config())`` (``config`` from :mod:`.zoo_schedulers`)."""
+    return lambda: scheduler_cls.from_config(config())
 
 
 def _flux_scheduler():
@@ -178,9 +196,10 @@ def _sdxl(scheduler) -> dict:
     return {**tiny_sdxl_components(scheduler=scheduler, seed=SEED), "add_watermarker": False}
 
 
-def _sd15(scheduler) -> dict:
+def _sd15(scheduler, **unet_overrides) -> dict:
     """SD 1.5's layout: one CLIPTextModel (width 32 = the UNet's cross-attention width), a UNet without SDXL's
-    addition embedding or linear projections, SD 1.5's VAE scaling factor; no safety checker."""
+    addition embedding or linear projections (``unet_overrides`` on top), SD 1.5's VAE scaling factor; no safety
+    checker."""
     unet = _derived(
         UNet2DConditionModel,
         tiny_sdxl_unet,
@@ -190,6 +209,7 @@ def _sd15(scheduler) -> dict:
         addition_embed_type=None,
         addition_time_embed_dim=None,
         projection_class_embeddings_input_dim=None,
+        **unet_overrides,
     )
     vae = tiny_sdxl_vae(SEED + 1)
     vae.register_to_config(scaling_factor=SD15_VAE_SCALING_FACTOR)
@@ -250,9 +270,20 @@ def _tiny_controlnet(unet, seed: int):
     return controlnet.eval()
 
 
-def _sdxl_controlnet(scheduler) -> dict:
-    components = _sdxl(scheduler)
-    return {**components, "controlnet": _tiny_controlnet(components["unet"], SEED + 4)}
+def _with_controlnet(base):
+    """``base``'s components plus a ControlNet made from its UNet (:func:`_tiny_controlnet`, seed SEED + 4)."""
+
+    def components(scheduler) -> dict:
+        parts = base(scheduler)
+        return {**parts, "controlnet": _tiny_controlnet(parts["unet"], SEED + 4)}
+
+    return components
+
+
+def _sd15_lcm(scheduler) -> dict:
+    """An LCM-distilled SD 1.5 (LCM Dreamshaper's layout): :func:`_sd15` with the UNet's guidance-scale embedding
+    (``time_cond_proj_dim``), which LatentConsistencyModelPipeline feeds as ``timestep_cond``."""
+    return _sd15(scheduler, time_cond_proj_dim=LCM_TIME_COND_PROJ_DIM)
 
 
 def _sd3(scheduler) -> dict:
@@ -400,6 +431,7 @@ def _short_t5(make):
 _SD_LATENTS = (1, 4, SIZE // 2, SIZE // 2)  # tiny.py's VAE: 4 channels, x2
 _FLUX_LATENTS = (1, (SIZE // 2) ** 2, 4)  # tiny_flux's VAE: 1 channel, x1; packed 2x2
 _EULER_EPS = _euler_scheduler("epsilon")
+_CONTROL = lambda generator: _text_to_image(generator, image=_random_image())  # noqa: E731
 
 
 def _cases():
@@ -413,6 +445,48 @@ def _cases():
         _euler_scheduler("v_prediction"),
         _sd15,
         _text_to_image,
+    )
+    yield ZooCase(
+        "sd15_pndm",
+        StableDiffusionPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(PNDMScheduler, zoo_schedulers.sd15),
+        _sd15,
+        _text_to_image,
+    )
+    yield ZooCase(
+        "sd15_controlnet_ddim",
+        StableDiffusionControlNetPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(DDIMScheduler, zoo_schedulers.controlnet_ddim),
+        _with_controlnet(_sd15),
+        _CONTROL,
+    )
+    # LatentConsistencyModelPipeline passes original_inference_steps to set_timesteps, takes (prev_sample,
+    # denoised) from step and returns the last denoised, not the latents.
+    yield ZooCase(
+        "sd15_lcm",
+        LatentConsistencyModelPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(LCMScheduler, zoo_schedulers.consistency_sd15),
+        _sd15_lcm,
+        _text_to_image,
+    )
+    yield ZooCase(
+        "sd15_tcd",
+        StableDiffusionPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(TCDScheduler, zoo_schedulers.consistency_sd15),
+        _sd15,
+        lambda generator: _text_to_image(generator, guidance_scale=0.0, eta=TCD_ETA),
     )
     yield ZooCase("sdxl", StableDiffusionXLPipeline, DISCRETE, True, _SD_LATENTS, _EULER_EPS, _sdxl, _text_to_image)
     yield ZooCase(
@@ -428,8 +502,8 @@ def _cases():
         True,
         _SD_LATENTS,
         _EULER_EPS,
-        _sdxl_controlnet,
-        lambda generator: _text_to_image(generator, image=_random_image()),
+        _with_controlnet(_sdxl),
+        _CONTROL,
     )
     yield ZooCase(
         "sdxl_refiner",
@@ -440,6 +514,26 @@ def _cases():
         _EULER_EPS,
         _sdxl_refiner,
         _img2img,
+    )
+    yield ZooCase(
+        "sdxl_edm",
+        StableDiffusionXLPipeline,
+        EDM,
+        True,
+        _SD_LATENTS,
+        _configured(EDMDPMSolverMultistepScheduler, zoo_schedulers.playground_v25),
+        _sdxl,
+        _text_to_image,
+    )
+    yield ZooCase(
+        "sdxl_edm_euler",
+        StableDiffusionXLPipeline,
+        EDM,
+        True,
+        _SD_LATENTS,
+        _configured(EDMEulerScheduler, zoo_schedulers.playground_v25_euler),
+        _sdxl,
+        _text_to_image,
     )
     yield ZooCase(
         "sd3",
@@ -500,4 +594,4 @@ def _cases():
 
 ZOO: dict[str, ZooCase] = {case.name: case for case in _cases()}
 
-__all__ = ["DISCRETE", "FLOW", "ZOO", "ZooCase"]
+__all__ = ["DISCRETE", "EDM", "FLOW", "GEOMETRIES", "ZOO", "ZooCase"]

@@ -1,0 +1,89 @@
+"""The scheduler configs of the zoo's newer cases, each written out from its source as a plain config dict.
+
+Each function returns a fresh dict: the model repository's ``scheduler/scheduler_config.json`` (without the
+``_class_name`` and ``_diffusers_version`` bookkeeping keys), the config a model card tells users to build, or, where
+diffusers' own fast test is the source, that test's constructor arguments. The source is named in each docstring.
+"""
+
+from __future__ import annotations
+
+
+def sd15() -> dict:
+    """runwayml/stable-diffusion-v1-5 (and stable-diffusion-v1-5/stable-diffusion-v1-5): PNDMScheduler (PLMS)."""
+    return {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+        "clip_sample": False,
+    }
+
+
+def controlnet_ddim() -> dict:
+    """diffusers' SD ControlNet fast tests (``tests/pipelines/controlnet/test_controlnet.py``): DDIMScheduler with
+    SD's betas, ``clip_sample`` and ``set_alpha_to_one`` off and the class defaults otherwise (``steps_offset`` 0,
+    ``timestep_spacing`` leading), so the last timestep is 1 and the schedule ends on a repeated sigma."""
+    return {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+    }
+
+
+def consistency_sd15() -> dict:
+    """``LCMScheduler.from_config`` / ``TCDScheduler.from_config`` of SD 1.5's config, as the model cards of
+    latent-consistency/lcm-lora-sdv1-5 and h1t/TCD-SD15-LoRA build them: SD 1.5's betas, ``set_alpha_to_one`` off,
+    ``steps_offset`` 1 and both classes' shared defaults (``original_inference_steps`` 50, ``timestep_scaling`` 10,
+    leading spacing); key for key the published LCM Dreamshaper configs. The TCD card calls the pipeline with 4 steps,
+    ``guidance_scale=0`` and ``eta=0.3`` (the paper's gamma, which the pipeline passes to ``step``)."""
+    return {
+        **sd15(),
+        "original_inference_steps": 50,
+        "timestep_scaling": 10.0,
+        "timestep_spacing": "leading",
+        "prediction_type": "epsilon",
+        "rescale_betas_zero_snr": False,
+    }
+
+
+def playground_v25() -> dict:
+    """playgroundai/playground-v2.5-1024px-aesthetic: EDMDPMSolverMultistepScheduler (EDM preconditioning,
+    DPM-Solver++ 2M on Karras sigmas from 80 to 0.002, ``final_sigmas_type`` zero)."""
+    return {
+        "algorithm_type": "dpmsolver++",
+        "dynamic_thresholding_ratio": 0.995,
+        "euler_at_final": False,
+        "final_sigmas_type": "zero",
+        "lower_order_final": True,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "rho": 7.0,
+        "sample_max_value": 1.0,
+        "sigma_data": 0.5,
+        "sigma_max": 80.0,
+        "sigma_min": 0.002,
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "thresholding": False,
+    }
+
+
+def playground_v25_euler() -> dict:
+    """Playground v2.5's model card alternative, ``EDMEulerScheduler.from_config(<its config>)``: the EDM Euler
+    defaults with the repository's sigma range."""
+    return {
+        "sigma_min": 0.002,
+        "sigma_max": 80.0,
+        "sigma_data": 0.5,
+        "sigma_schedule": "karras",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "rho": 7.0,
+        "final_sigmas_type": "zero",
+    }

@@ -45,6 +45,8 @@ def test_zoo_covers_the_families():
         "WanPipeline",
         "StableDiffusionControlNetPipeline",
         "LatentConsistencyModelPipeline",
+        "PixArtAlphaPipeline",
+        "KandinskyV22Img2ImgPipeline",
     }
     assert {type(case.default_scheduler()).__name__ for case in ZOO.values()} >= {
         "EulerDiscreteScheduler",
@@ -56,6 +58,7 @@ def test_zoo_covers_the_families():
         "TCDScheduler",
         "EDMDPMSolverMultistepScheduler",
         "EDMEulerScheduler",
+        "DPMSolverMultistepScheduler",
     }
     assert all(case.geometry in GEOMETRIES for case in ZOO.values())
     refiner = ZOO["sdxl_refiner"].build()

@@ -47,6 +47,9 @@ from diffusers import (
     FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
+    KandinskyV22Img2ImgPipeline,
+    DPMSolverMultistepScheduler,
+    PixArtAlphaPipeline,
     LatentConsistencyModelPipeline,
     LCMScheduler,
     PNDMScheduler,
@@ -86,13 +89,13 @@ from .tiny import (
 )
 from .tiny_flux import _t5_config, flux_scheduler_config, tiny_flux_components, tiny_flux_transformer, tiny_flux_vae
 from .tokenizers import clip_tokenizer, t5_tokenizer
+from .zoo_models import SD15_VAE_SCALING_FACTOR, SEED, kandinsky22, kandinsky_image_embeds, pixart, seeded_eval
 
 DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps, v or x0 prediction)
 FLOW = "flow"  # rectified flow, x = (1 - sigma) x0 + sigma eps (velocity prediction)
 EDM = "edm"  # Karras et al. 2022: x = x0 + sigma eps on continuous sigmas, c_skip/c_out/c_in/c_noise preconditioning
 GEOMETRIES = (DISCRETE, FLOW, EDM)
 
-SEED = 0  # component seeds: SEED, SEED + 1, ... one per model, as in tiny.py and tiny_flux.py
 IMAGE_SEED = 1234  # the init / mask / control images, independent of the call's generator
 PROMPT = "a photo of a cat riding a horse"
 SIZE = 32  # image side in pixels for every case
@@ -101,7 +104,6 @@ STRENGTH = 0.6
 TCD_ETA = 0.3  # h1t/TCD-SD15-LoRA's recommended gamma (the pipeline's ``eta``)
 LCM_TIME_COND_PROJ_DIM = 32  # the guidance-scale embedding width of diffusers' LCM fast test UNet
 MAX_SEQUENCE_LENGTH = 32  # T5 tokens (the pipelines' defaults are 256-512)
-SD15_VAE_SCALING_FACTOR = 0.18215  # SD 1.5's vae/config.json
 SD3_VAE_SCALING_FACTOR = 1.5305  # SD3 medium's vae/config.json
 SD3_VAE_SHIFT_FACTOR = 0.0609
 SD3_T5_D_MODEL = 2 * TEXT_HIDDEN_SIZE  # >= the two CLIPs' concatenated width, as in SD3 (4096 >= 768 + 1280)
@@ -186,11 +188,6 @@ def _derived(model_cls, builder, seed: int, **overrides):
         return model_cls.from_config({**_config_of(builder), **overrides}).eval()
 
 
-def _seeded_eval(seed: int, make):
-    with seeded(seed):
-        return make().eval()
-
-
 def _sdxl(scheduler) -> dict:
     """tiny.py's SDXL base components; no watermarker (the real default depends on invisible-watermark)."""
     return {**tiny_sdxl_components(scheduler=scheduler, seed=SEED), "add_watermarker": False}
@@ -216,7 +213,7 @@ def _sd15(scheduler, **unet_overrides) -> dict:
     tokenizer = clip_tokenizer()
     return {
         "vae": vae,
-        "text_encoder": _seeded_eval(SEED + 2, lambda: CLIPTextModel(clip_text_config(tokenizer))),
+        "text_encoder": seeded_eval(SEED + 2, lambda: CLIPTextModel(clip_text_config(tokenizer))),
         "tokenizer": tokenizer,
         "unet": unet,
         "scheduler": scheduler,
@@ -239,7 +236,7 @@ def _sdxl_refiner(scheduler) -> dict:
         cross_attention_dim=TEXT_HIDDEN_SIZE,
         projection_class_embeddings_input_dim=PROJECTION_DIM + NUM_REFINER_TIME_IDS * ADDITION_TIME_EMBED_DIM,
     )
-    text_encoder_2 = _seeded_eval(SEED + 3, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer_2)))
+    text_encoder_2 = seeded_eval(SEED + 3, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer_2)))
     return {
         "vae": tiny_sdxl_vae(SEED + 1),
         "text_encoder": None,
@@ -320,11 +317,11 @@ def _sd3(scheduler) -> dict:
         "transformer": transformer.eval(),
         "scheduler": scheduler,
         "vae": vae,
-        "text_encoder": _seeded_eval(SEED + 2, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer))),
+        "text_encoder": seeded_eval(SEED + 2, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer))),
         "tokenizer": tokenizer,
-        "text_encoder_2": _seeded_eval(SEED + 3, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer_2))),
+        "text_encoder_2": seeded_eval(SEED + 3, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer_2))),
         "tokenizer_2": tokenizer_2,
-        "text_encoder_3": _seeded_eval(SEED + 4, lambda: T5EncoderModel(t5_config)),
+        "text_encoder_3": seeded_eval(SEED + 4, lambda: T5EncoderModel(t5_config)),
         "tokenizer_3": tokenizer_3,
     }
 
@@ -369,7 +366,7 @@ def _wan(scheduler) -> dict:
         )
     return {
         "tokenizer": tokenizer,
-        "text_encoder": _seeded_eval(SEED + 2, lambda: UMT5EncoderModel(umt5_config)),
+        "text_encoder": seeded_eval(SEED + 2, lambda: UMT5EncoderModel(umt5_config)),
         "vae": vae.eval(),
         "scheduler": scheduler,
         "transformer": transformer.eval(),
@@ -534,6 +531,36 @@ def _cases():
         _configured(EDMEulerScheduler, zoo_schedulers.playground_v25_euler),
         _sdxl,
         _text_to_image,
+    )
+    yield ZooCase(
+        "pixart",
+        PixArtAlphaPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(DPMSolverMultistepScheduler, zoo_schedulers.pixart_alpha),
+        functools.partial(pixart, sample_size=SIZE // 2),
+        _short_t5(lambda generator, **kw: _text_to_image(generator, use_resolution_binning=False, clean_caption=False, **kw)),
+    )
+    # The prior's image embeddings are inputs (fixed from IMAGE_SEED, like the init image).
+    yield ZooCase(
+        "kandinsky22_img2img",
+        KandinskyV22Img2ImgPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(DDIMScheduler, zoo_schedulers.kandinsky22_ddim),
+        kandinsky22,
+        lambda generator: {
+            "image": _random_image(),
+            "strength": STRENGTH,
+            "height": SIZE,
+            "width": SIZE,
+            "num_inference_steps": STEPS,
+            "output_type": "latent",
+            "generator": generator,
+            **kandinsky_image_embeds(IMAGE_SEED),
+        },
     )
     yield ZooCase(
         "sd3",

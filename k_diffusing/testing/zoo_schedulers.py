@@ -87,3 +87,48 @@ def playground_v25_euler() -> dict:
         "rho": 7.0,
         "final_sigmas_type": "zero",
     }
+
+
+def pixart_alpha() -> dict:
+    """PixArt-alpha/PixArt-XL-2-1024-MS (the same file as PixArt-Sigma-XL-2-1024-MS): DPMSolverMultistepScheduler,
+    DPM-Solver++(2M) on linear betas 1e-4..0.02, linspace spacing. Its ``thresholding`` is false (and DPM-Solver has
+    no ``clip_sample``): the real PixArt configs clip nothing."""
+    return {
+        "algorithm_type": "dpmsolver++",
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "dynamic_thresholding_ratio": 0.995,
+        "euler_at_final": False,
+        "lambda_min_clipped": -float("inf"),
+        "lower_order_final": True,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "steps_offset": 0,
+        "thresholding": False,
+        "timestep_spacing": "linspace",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+        "use_lu_lambdas": False,
+        "variance_type": None,
+    }
+
+
+def kandinsky22_ddim() -> dict:
+    """diffusers' Kandinsky 2.2 img2img fast test (``tests/pipelines/kandinsky2_2/test_kandinsky_img2img.py``):
+    DDIMScheduler on *linear* betas 0.00085..0.012, ``steps_offset`` 0, ``set_alpha_to_one`` and ``clip_sample`` off
+    (the schedule ends on a repeated sigma, as the ControlNet one)."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 0,
+        "prediction_type": "epsilon",
+        "thresholding": False,
+    }

@@ -1,0 +1,122 @@
+"""Tiny components for the zoo's transformer and video families (PixArt, ...), at diffusers' fast-test sizes.
+
+Each builder takes the scheduler and returns the pipeline's constructor keywords: random, deterministic (seeded),
+fp32, eval-mode models built from configs, with the offline tokenizers of :mod:`.tokenizers`. The sizes are those of
+diffusers' own ``get_dummy_components`` for the pipeline (``tests/pipelines/<name>/test_*.py``), named in each
+docstring, except where a size the zoo shares (the T5 width, the image side) had to match.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel, VQModel
+from transformers import T5EncoderModel
+
+from .tiny import seeded, tiny_sdxl_vae
+from .tiny_flux import T5_D_MODEL, _t5_config
+from .tokenizers import t5_tokenizer
+
+SEED = 0  # component seeds: SEED, SEED + 1, ... one per model, as in zoo.py
+SD15_VAE_SCALING_FACTOR = 0.18215  # SD 1.5's vae/config.json (PixArt-alpha reuses SD's VAE)
+
+
+def seeded_eval(seed: int, make):
+    """``make()`` built right after ``torch.manual_seed(seed)`` (the caller's RNG untouched), in eval mode."""
+    with seeded(seed):
+        return make().eval()
+
+
+def t5_encoder(seed: int):
+    """A tiny T5 encoder (width :data:`~.tiny_flux.T5_D_MODEL`) and its offline tokenizer."""
+    tokenizer = t5_tokenizer()
+    return tokenizer, seeded_eval(seed, lambda: T5EncoderModel(_t5_config(tokenizer)))
+
+
+def pixart(scheduler, sample_size: int) -> dict:
+    """PixArt-alpha's layout at diffusers' ``tests/pipelines/pixart_alpha`` sizes: a two-layer
+    PixArtTransformer2DModel (3 heads of 8, patch 2, ``ada_norm_single``, learned sigma: 8 output channels for 4
+    latent ones, which the pipeline splits off), captions from a T5 of width 32, and the zoo's two-block SD VAE
+    (``vae_scale_factor`` 2) with SD 1.5's scaling factor. ``sample_size`` is the latent side."""
+    tokenizer, text_encoder = t5_encoder(SEED + 2)
+    transformer = seeded_eval(
+        SEED,
+        lambda: PixArtTransformer2DModel(
+            sample_size=sample_size,
+            num_layers=2,
+            patch_size=2,
+            attention_head_dim=8,
+            num_attention_heads=3,
+            caption_channels=T5_D_MODEL,
+            in_channels=4,
+            cross_attention_dim=24,
+            out_channels=8,
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        ),
+    )
+    vae = tiny_sdxl_vae(SEED + 1)
+    vae.register_to_config(scaling_factor=SD15_VAE_SCALING_FACTOR)
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": scheduler,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }
+
+
+KANDINSKY_EMBED_DIM = 32  # the image embedding width of diffusers' Kandinsky 2.2 fast tests (text_embedder_hidden_size)
+
+
+def kandinsky22(scheduler) -> dict:
+    """Kandinsky 2.2's decoder layout at diffusers' ``tests/pipelines/kandinsky2_2`` sizes: a two-block UNet
+    conditioned on the image embedding only (``addition_embed_type="image"``, ``encoder_hid_dim_type="image_proj"``,
+    8 output channels: eps and a learned variance, which the pipeline splits off) and a two-block MoVQ (VQModel with
+    spatial norm, ``movq_scale_factor`` 2)."""
+    unet = seeded_eval(
+        SEED,
+        lambda: UNet2DConditionModel(
+            in_channels=4,
+            out_channels=8,
+            addition_embed_type="image",
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            encoder_hid_dim=KANDINSKY_EMBED_DIM,
+            encoder_hid_dim_type="image_proj",
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            resnet_time_scale_shift="scale_shift",
+            class_embed_type=None,
+        ),
+    )
+    movq = seeded_eval(
+        SEED + 1,
+        lambda: VQModel(
+            block_out_channels=[32, 64],
+            down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+            in_channels=3,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            norm_type="spatial",
+            num_vq_embeddings=12,
+            out_channels=3,
+            up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+            vq_embed_dim=4,
+        ),
+    )
+    return {"unet": unet, "scheduler": scheduler, "movq": movq}
+
+
+def kandinsky_image_embeds(seed: int) -> dict:
+    """``image_embeds`` and ``negative_image_embeds`` (the prior's outputs), N(0, 1) from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(2, 1, KANDINSKY_EMBED_DIM, generator=generator)
+    return {"image_embeds": embeds[0], "negative_image_embeds": embeds[1]}

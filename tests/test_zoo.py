@@ -47,6 +47,7 @@ def test_zoo_covers_the_families():
         "LatentConsistencyModelPipeline",
         "PixArtAlphaPipeline",
         "KandinskyV22Img2ImgPipeline",
+        "CogVideoXPipeline",
     }
     assert {type(case.default_scheduler()).__name__ for case in ZOO.values()} >= {
         "EulerDiscreteScheduler",
@@ -59,6 +60,8 @@ def test_zoo_covers_the_families():
         "EDMDPMSolverMultistepScheduler",
         "EDMEulerScheduler",
         "DPMSolverMultistepScheduler",
+        "CogVideoXDDIMScheduler",
+        "CogVideoXDPMScheduler",
     }
     assert all(case.geometry in GEOMETRIES for case in ZOO.values())
     refiner = ZOO["sdxl_refiner"].build()

@@ -35,6 +35,9 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoencoderKLWan,
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+    CogVideoXPipeline,
     ControlNetModel,
     DDIMScheduler,
     EDMDPMSolverMultistepScheduler,
@@ -89,7 +92,18 @@ from .tiny import (
 )
 from .tiny_flux import _t5_config, flux_scheduler_config, tiny_flux_components, tiny_flux_transformer, tiny_flux_vae
 from .tokenizers import clip_tokenizer, t5_tokenizer
-from .zoo_models import SD15_VAE_SCALING_FACTOR, SEED, kandinsky22, kandinsky_image_embeds, pixart, seeded_eval
+from .zoo_models import (
+    COGVIDEOX_NUM_FRAMES,
+    COGVIDEOX_SIZE,
+    COGVIDEOX_TEXT_LENGTH,
+    SD15_VAE_SCALING_FACTOR,
+    SEED,
+    cogvideox,
+    kandinsky22,
+    kandinsky_image_embeds,
+    pixart,
+    seeded_eval,
+)
 
 DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps, v or x0 prediction)
 FLOW = "flow"  # rectified flow, x = (1 - sigma) x0 + sigma eps (velocity prediction)
@@ -426,6 +440,7 @@ def _short_t5(make):
 # --- the zoo -----------------------------------------------------------------------------------------------------
 
 _SD_LATENTS = (1, 4, SIZE // 2, SIZE // 2)  # tiny.py's VAE: 4 channels, x2
+_COGVIDEOX_LATENTS = (1, 1 + (COGVIDEOX_NUM_FRAMES - 1) // 4, 4, COGVIDEOX_SIZE // 8, COGVIDEOX_SIZE // 8)  # (B, F, C..)
 _FLUX_LATENTS = (1, (SIZE // 2) ** 2, 4)  # tiny_flux's VAE: 1 channel, x1; packed 2x2
 _EULER_EPS = _euler_scheduler("epsilon")
 _CONTROL = lambda generator: _text_to_image(generator, image=_random_image())  # noqa: E731
@@ -561,6 +576,28 @@ def _cases():
             "generator": generator,
             **kandinsky_image_embeds(IMAGE_SEED),
         },
+    )
+    yield from (
+        ZooCase(
+            name,
+            CogVideoXPipeline,
+            DISCRETE,
+            True,
+            _COGVIDEOX_LATENTS,
+            scheduler,
+            cogvideox,
+            lambda generator: _text_to_image(
+                generator,
+                height=COGVIDEOX_SIZE,
+                width=COGVIDEOX_SIZE,
+                num_frames=COGVIDEOX_NUM_FRAMES,
+                max_sequence_length=COGVIDEOX_TEXT_LENGTH,
+            ),
+        )
+        for name, scheduler in (
+            ("cogvideox", _configured(CogVideoXDDIMScheduler, zoo_schedulers.cogvideox_2b)),
+            ("cogvideox_dpm", _configured(CogVideoXDPMScheduler, zoo_schedulers.cogvideox_5b)),
+        )
     )
     yield ZooCase(
         "sd3",

@@ -9,7 +9,13 @@ docstring, except where a size the zoo shares (the T5 width, the image side) had
 from __future__ import annotations
 
 import torch
-from diffusers import PixArtTransformer2DModel, UNet2DConditionModel, VQModel
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    CogVideoXTransformer3DModel,
+    PixArtTransformer2DModel,
+    UNet2DConditionModel,
+    VQModel,
+)
 from transformers import T5EncoderModel
 
 from .tiny import seeded, tiny_sdxl_vae
@@ -69,6 +75,9 @@ def pixart(scheduler, sample_size: int) -> dict:
     }
 
 
+COGVIDEOX_SIZE = 16  # pixels; diffusers' fast test: "cannot reduce because convolution kernel becomes bigger"
+COGVIDEOX_NUM_FRAMES = 8  # (8 - 1) // 4 + 1 = 2 latent frames
+COGVIDEOX_TEXT_LENGTH = 16  # the transformer's max_text_seq_length = the pipeline's max_sequence_length
 KANDINSKY_EMBED_DIM = 32  # the image embedding width of diffusers' Kandinsky 2.2 fast tests (text_embedder_hidden_size)
 
 
@@ -120,3 +129,50 @@ def kandinsky_image_embeds(seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     embeds = torch.randn(2, 1, KANDINSKY_EMBED_DIM, generator=generator)
     return {"image_embeds": embeds[0], "negative_image_embeds": embeds[1]}
+
+
+def cogvideox(scheduler) -> dict:
+    """CogVideoX-2b's layout at diffusers' ``tests/pipelines/cogvideo/test_cogvideox.py`` sizes: a one-layer
+    CogVideoXTransformer3DModel (4 heads of 8, patch 2, sinusoidal positions for a 2 x 2 latent and
+    :data:`COGVIDEOX_TEXT_LENGTH` text tokens), a four-block AutoencoderKLCogVideoX (x8 spatial, x4 temporal, 4
+    latent channels) and a T5 of width 32 (= ``text_embed_dim``)."""
+    tokenizer, text_encoder = t5_encoder(SEED + 2)
+    transformer = seeded_eval(
+        SEED,
+        lambda: CogVideoXTransformer3DModel(
+            num_attention_heads=4,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=2,
+            text_embed_dim=T5_D_MODEL,
+            num_layers=1,
+            sample_width=2,
+            sample_height=2,
+            sample_frames=9,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=COGVIDEOX_TEXT_LENGTH,
+        ),
+    )
+    vae = seeded_eval(
+        SEED + 1,
+        lambda: AutoencoderKLCogVideoX(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+        ),
+    )
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": scheduler,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }

@@ -132,3 +132,30 @@ def kandinsky22_ddim() -> dict:
         "prediction_type": "epsilon",
         "thresholding": False,
     }
+
+
+def cogvideox_2b() -> dict:
+    """THUDM/CogVideoX-2b: CogVideoXDDIMScheduler, v-prediction on zero-terminal-SNR ``scaled_linear`` betas,
+    trailing spacing, ``snr_shift_scale`` 3 (alpha_bar / (s - (s - 1) alpha_bar))."""
+    return {
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": True,
+        "snr_shift_scale": 3.0,
+        "steps_offset": 0,
+        "timestep_spacing": "trailing",
+        "trained_betas": None,
+    }
+
+
+def cogvideox_5b() -> dict:
+    """THUDM/CogVideoX-5b: CogVideoX-2b's config with ``snr_shift_scale`` 1 (as its derivatives publish it); the
+    CogVideoX docs run it with ``CogVideoXDPMScheduler.from_config(<this>, timestep_spacing="trailing")``."""
+    return {**cogvideox_2b(), "snr_shift_scale": 1.0}

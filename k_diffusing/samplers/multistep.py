@@ -2,11 +2,11 @@
 
 One piece of math is shared: the Adams-Bashforth coefficients ``c_j = int_a^b L_j(t) dt`` of the Lagrange basis
 polynomials ``L_j`` through the past nodes (:func:`lagrange_integrals`). Uniform nodes give the classical fixed-step
-coefficients (iPNDM), the actual sigmas the variable-step ones (LMS, iPNDM-v, rhoAB-DEIS), VP times tAB-DEIS.
+coefficients (PLMS, iPNDM), the actual sigmas the variable-step ones (LMS, iPNDM-v, rhoAB-DEIS), VP times tAB-DEIS.
 
-``lms``, ``ipndm``, ``ipndm_v`` and ``gradient_estimation`` integrate ``dx/dsigma = (x - D) / sigma`` in sigma, so
-they need no geometry (in VE, ``d = eps`` and they are the papers' methods exactly). ``deis`` is an exponential
-integrator: it extrapolates ``eps`` in VE coordinates, where the linear part of the ODE vanishes.
+``lms``, ``plms``, ``ipndm``, ``ipndm_v`` and ``gradient_estimation`` integrate ``dx/dsigma = (x - D) / sigma`` in
+sigma, so they need no geometry (in VE, ``d = eps`` and they are the papers' methods exactly). ``deis`` is an
+exponential integrator: it extrapolates ``eps`` in VE coordinates, where the linear part of the ODE vanishes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .base import SamplerRun, to_d
+from .euler import heun_step
 
 # The VP-SDE of Song et al. 2021 (arXiv 2011.13456, App. C; k-diffusion's get_sigmas_vp): the diffusion time t of
 # DEIS's 'tab' mode, with sigma_ve(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1.
@@ -92,17 +93,20 @@ def _check_order(name: str, order: int) -> None:
 
 
 def _multistep_in_sigma(run: SamplerRun, order: int, coefficients: Callable[[int, int], list[float]],
-                        denoised_at_zero: bool) -> torch.Tensor:
+                        denoised_at_zero: bool, heun_first: bool = False) -> torch.Tensor:
     """Explicit linear multistep on ``dx/dsigma = d``: ``x_{i+1} = x_i + sum_j c_j d_{i-j}`` with the ``k`` newest
     derivatives (``k = min(i + 1, order)``) and ``c = coefficients(i, k)``. With ``denoised_at_zero``, the step into
-    sigma = 0 is the Euler step (it lands on ``D``)."""
+    sigma = 0 is the Euler step (it lands on ``D``). With ``heun_first`` and at least two steps, the first step is
+    Heun's (:func:`heun_step`, 1 more call) and only its first derivative enters the history."""
     x = run.x
     ds: list[torch.Tensor] = []  # newest first
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
         run.report(i, x, sigma, sigma, denoised)
         ds = [to_d(x, sigma, denoised)] + ds[: order - 1]
-        if sigma_next == 0 and denoised_at_zero:
+        if i == 0 and heun_first and len(run.sigmas) > 2:
+            x = heun_step(run, x, sigma, sigma_next, denoised)
+        elif sigma_next == 0 and denoised_at_zero:
             x = denoised
         else:
             x = x + sum(c * d for c, d in zip(coefficients(i, len(ds)), ds))
@@ -140,10 +144,46 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """
     _check_order("max_order", max_order)
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
-    s = run.sigmas
-    fixed = [adams_bashforth_fixed(k) for k in range(1, max_order + 1)]
-    return _multistep_in_sigma(run, max_order, lambda i, k: [(s[i + 1] - s[i]) * c for c in fixed[k - 1]],
+    return _multistep_in_sigma(run, max_order, _fixed_step_coefficients(run.sigmas, max_order),
                                denoised_at_zero=True)
+
+
+def _fixed_step_coefficients(s: list[float], max_order: int) -> Callable[[int, int], list[float]]:
+    """``(i, k) -> (sigma_{i+1} - sigma_i) * AB_k``: fixed-step Adams-Bashforth weights of order ``k`` scaled by
+    the step, as PNDM applies them to ``eps`` whatever the step sizes."""
+    fixed = [adams_bashforth_fixed(k) for k in range(1, max_order + 1)]
+    return lambda i, k: [(s[i + 1] - s[i]) * c for c in fixed[k - 1]]
+
+
+PLMS_ORDER = 4  # PNDMScheduler's pndm_order
+
+
+@torch.no_grad()
+def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """PLMS, the pseudo linear multistep method of Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on
+    Manifolds" (arXiv 2202.09778, Eq. 12 with the DDIM transfer of Eq. 9), as diffusers' ``PNDMScheduler`` runs it
+    with ``skip_prk_steps=True`` (the Stable Diffusion 1.x/2.x default; after crowsonkb's PLMS for CompVis
+    latent-diffusion): fixed-step Adams-Bashforth on ``eps`` with a pseudo improved-Euler warm-up.
+
+    In VE the DDIM transfer with ``eps`` is the Euler step ``x + (sigma_{i+1} - sigma_i) eps`` and ``eps = d =
+    (x - D) / sigma``, so the method is, on ``dx/dsigma = d``:
+    - step 0: Euler to ``sigma_1``, a call there, then the step again with the mean of the two derivatives (Heun;
+      PNDMScheduler's counter 0 and 1). The derivative at the predicted point does not enter the history;
+    - step ``i >= 1``: ``x + (sigma_{i+1} - sigma_i) sum_j c_j d_{i-j}`` with the fixed Adams-Bashforth weights of
+      order ``min(i + 1, 4)``: (3, -1) / 2, (23, -16, 5) / 12, then (55, -59, 37, -9) / 24, over the derivatives at
+      the start of each step (the scheduler's ``ets``).
+    A one-step schedule is a single Euler (DDIM) step, as PNDMScheduler makes at ``num_inference_steps=1``. Every
+    step, the last one included, keeps its order: into sigma = 0 the transfer extrapolates ``eps`` to 0 (PNDM with
+    ``set_alpha_to_one=True``); with ``set_alpha_to_one=False`` the schedule ends at ``sigma(t = 0)`` instead
+    (0.0292 on SD's betas). The weights assume equal steps, so on other schedules the order drops, as for
+    :func:`sample_ipndm` (which differs only in its Euler warm-up and its step into 0). On flow models it is the
+    same multistep on the flow ODE in sigma, where the Euler step is the DDIM step too.
+
+    Any geometry. 1 call per step plus 1 on the first (``n + 1`` calls for ``n >= 2`` steps), deterministic.
+    """
+    run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
+    return _multistep_in_sigma(run, PLMS_ORDER, _fixed_step_coefficients(run.sigmas, PLMS_ORDER),
+                               denoised_at_zero=False, heun_first=True)
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ def test_zoo_covers_the_families():
         "PixArtAlphaPipeline",
         "KandinskyV22Img2ImgPipeline",
         "CogVideoXPipeline",
+        "LTXConditionPipeline",
     }
     assert {type(case.default_scheduler()).__name__ for case in ZOO.values()} >= {
         "EulerDiscreteScheduler",

@@ -51,6 +51,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
     KandinskyV22Img2ImgPipeline,
+    LTXConditionPipeline,
     DPMSolverMultistepScheduler,
     PixArtAlphaPipeline,
     LatentConsistencyModelPipeline,
@@ -96,11 +97,13 @@ from .zoo_models import (
     COGVIDEOX_NUM_FRAMES,
     COGVIDEOX_SIZE,
     COGVIDEOX_TEXT_LENGTH,
+    LTX_NUM_FRAMES,
     SD15_VAE_SCALING_FACTOR,
     SEED,
     cogvideox,
     kandinsky22,
     kandinsky_image_embeds,
+    ltx,
     pixart,
     seeded_eval,
 )
@@ -437,9 +440,14 @@ def _short_t5(make):
     return lambda generator: make(generator, max_sequence_length=MAX_SEQUENCE_LENGTH)
 
 
+def _ltx_inputs(generator, **extra) -> dict:
+    return _text_to_image(generator, num_frames=LTX_NUM_FRAMES, max_sequence_length=MAX_SEQUENCE_LENGTH, **extra)
+
+
 # --- the zoo -----------------------------------------------------------------------------------------------------
 
 _SD_LATENTS = (1, 4, SIZE // 2, SIZE // 2)  # tiny.py's VAE: 4 channels, x2
+_LTX_LATENTS = (1, 8, 1 + (LTX_NUM_FRAMES - 1) // 4, SIZE // 4, SIZE // 4)  # unpacked (B, C, F, H, W)
 _COGVIDEOX_LATENTS = (1, 1 + (COGVIDEOX_NUM_FRAMES - 1) // 4, 4, COGVIDEOX_SIZE // 8, COGVIDEOX_SIZE // 8)  # (B, F, C..)
 _FLUX_LATENTS = (1, (SIZE // 2) ** 2, 4)  # tiny_flux's VAE: 1 channel, x1; packed 2x2
 _EULER_EPS = _euler_scheduler("epsilon")
@@ -555,7 +563,9 @@ def _cases():
         _SD_LATENTS,
         _configured(DPMSolverMultistepScheduler, zoo_schedulers.pixart_alpha),
         functools.partial(pixart, sample_size=SIZE // 2),
-        _short_t5(lambda generator, **kw: _text_to_image(generator, use_resolution_binning=False, clean_caption=False, **kw)),
+        _short_t5(
+            lambda generator, **kw: _text_to_image(generator, use_resolution_binning=False, clean_caption=False, **kw)
+        ),
     )
     # The prior's image embeddings are inputs (fixed from IMAGE_SEED, like the init image).
     yield ZooCase(
@@ -599,6 +609,22 @@ def _cases():
             ("cogvideox_dpm", _configured(CogVideoXDPMScheduler, zoo_schedulers.cogvideox_5b)),
         )
     )
+    # LTXConditionPipeline sets its own timesteps, steps on -noise_pred and passes per_token_timesteps: equal for every
+    # token in text-to-video, 0 for the conditioning frame's tokens when an image conditions the first frame.
+    for name, inputs in (
+        ("ltx_condition", _ltx_inputs),
+        ("ltx_condition_image", lambda generator: _ltx_inputs(generator, image=_random_image())),
+    ):
+        yield ZooCase(
+            name,
+            LTXConditionPipeline,
+            FLOW,
+            False,
+            _LTX_LATENTS,
+            _configured(FlowMatchEulerDiscreteScheduler, zoo_schedulers.ltx_video),
+            ltx,
+            inputs,
+        )
     yield ZooCase(
         "sd3",
         StableDiffusion3Pipeline,

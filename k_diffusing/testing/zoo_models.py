@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from diffusers import (
     AutoencoderKLCogVideoX,
+    AutoencoderKLLTXVideo,
     CogVideoXTransformer3DModel,
+    LTXVideoTransformer3DModel,
     PixArtTransformer2DModel,
     UNet2DConditionModel,
     VQModel,
@@ -78,6 +80,7 @@ def pixart(scheduler, sample_size: int) -> dict:
 COGVIDEOX_SIZE = 16  # pixels; diffusers' fast test: "cannot reduce because convolution kernel becomes bigger"
 COGVIDEOX_NUM_FRAMES = 8  # (8 - 1) // 4 + 1 = 2 latent frames
 COGVIDEOX_TEXT_LENGTH = 16  # the transformer's max_text_seq_length = the pipeline's max_sequence_length
+LTX_NUM_FRAMES = 9  # 8 k + 1 frames: 3 latent frames with the VAE's temporal factor 4
 KANDINSKY_EMBED_DIM = 32  # the image embedding width of diffusers' Kandinsky 2.2 fast tests (text_embedder_hidden_size)
 
 
@@ -169,6 +172,59 @@ def cogvideox(scheduler) -> dict:
             temporal_compression_ratio=4,
         ),
     )
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": scheduler,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }
+
+
+def ltx(scheduler) -> dict:
+    """LTX-Video's layout at diffusers' ``tests/pipelines/ltx/test_ltx_condition.py`` sizes: a one-layer
+    LTXVideoTransformer3DModel (4 heads of 8, patch 1 x 1 x 1, 8 latent channels), an AutoencoderKLLTXVideo with
+    four 8-wide blocks (x4 spatial, x4 temporal, no timestep conditioning, frame-wise coding off) and a T5 of width
+    32 (= ``caption_channels``)."""
+    tokenizer, text_encoder = t5_encoder(SEED + 2)
+    transformer = seeded_eval(
+        SEED,
+        lambda: LTXVideoTransformer3DModel(
+            in_channels=8,
+            out_channels=8,
+            patch_size=1,
+            patch_size_t=1,
+            num_attention_heads=4,
+            attention_head_dim=8,
+            cross_attention_dim=32,
+            num_layers=1,
+            caption_channels=T5_D_MODEL,
+        ),
+    )
+    vae = seeded_eval(
+        SEED + 1,
+        lambda: AutoencoderKLLTXVideo(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(1, 1, 1, 1),
+            timestep_conditioning=False,
+            patch_size=1,
+            patch_size_t=1,
+            encoder_causal=True,
+            decoder_causal=False,
+        ),
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
     return {
         "transformer": transformer,
         "vae": vae,

@@ -159,3 +159,24 @@ def cogvideox_5b() -> dict:
     """THUDM/CogVideoX-5b: CogVideoX-2b's config with ``snr_shift_scale`` 1 (as its derivatives publish it); the
     CogVideoX docs run it with ``CogVideoXDPMScheduler.from_config(<this>, timestep_spacing="trailing")``."""
     return {**cogvideox_2b(), "snr_shift_scale": 1.0}
+
+
+def ltx_video() -> dict:
+    """Lightricks/LTX-Video 0.9.1's FlowMatchEulerDiscreteScheduler (``shift_terminal`` 0.1) with dynamic shifting
+    off: LTXConditionPipeline (the 0.9.5 pipeline) passes no ``mu``, which FlowMatchEuler requires when dynamic
+    shifting is on (checked: it raises), so the configs it runs with have it off (the 0.9.5 file itself was not
+    available to check). The pipeline passes its own ``timesteps`` (a linear-quadratic schedule times 1000)."""
+    return {
+        "base_image_seq_len": 1024,
+        "base_shift": 0.95,
+        "invert_sigmas": False,
+        "max_image_seq_len": 4096,
+        "max_shift": 2.05,
+        "num_train_timesteps": 1000,
+        "shift": 1.0,
+        "shift_terminal": 0.1,
+        "use_beta_sigmas": False,
+        "use_dynamic_shifting": False,
+        "use_exponential_sigmas": False,
+        "use_karras_sigmas": False,
+    }

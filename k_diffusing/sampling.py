@@ -57,6 +57,7 @@ from .samplers.multistep import (
     sample_ipndm,
     sample_ipndm_v,
     sample_lms,
+    sample_plms,
 )
 from .samplers.restart import sample_restart
 from .samplers.sa_solver import sample_sa_solver, sample_sa_solver_pece
@@ -108,6 +109,7 @@ __all__ = [
     "sample_ipndm_v",
     "sample_lcm",
     "sample_lms",
+    "sample_plms",
     "sample_res_multistep",
     "sample_res_multistep_ancestral",
     "sample_res_multistep_ancestral_cfg_pp",

@@ -176,8 +176,9 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     step, the last one included, keeps its order: into sigma = 0 the transfer extrapolates ``eps`` to 0 (PNDM with
     ``set_alpha_to_one=True``); with ``set_alpha_to_one=False`` the schedule ends at ``sigma(t = 0)`` instead
     (0.0292 on SD's betas). The weights assume equal steps, so on other schedules the order drops, as for
-    :func:`sample_ipndm` (which differs only in its Euler warm-up and its step into 0). On flow models it is the
-    same multistep on the flow ODE in sigma, where the Euler step is the DDIM step too.
+    :func:`sample_ipndm` (which differs only in its Euler warm-up and its step into 0): measured 2.0 on log-uniform
+    sigmas in VE and flow (40 to 320 steps). On flow models it is the same multistep on the flow ODE in sigma, where
+    the Euler step is the DDIM step too (and defined from sigma = 1, where VE units are not).
 
     Any geometry. 1 call per step plus 1 on the first (``n + 1`` calls for ``n >= 2`` steps), deterministic.
     """

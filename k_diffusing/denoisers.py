@@ -7,7 +7,12 @@ column; k-diffusion's ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``):
 
 - eps prediction: ``D = x - sigma eps(c_in x, t)``;
 - v prediction (Salimans & Ho 2022, arXiv 2202.00512, Eq. 22 in VP form ``v = alpha eps - s x0``):
-  ``D = c_skip x + c_out v`` with ``c_skip = 1 / (sigma^2 + 1)``, ``c_out = -sigma / sqrt(sigma^2 + 1)``.
+  ``D = c_skip x + c_out v`` with ``c_skip = 1 / (sigma^2 + 1)``, ``c_out = -sigma / sqrt(sigma^2 + 1)``;
+- sample (x0) prediction (Shap-E, the Kandinsky priors, diffusers' ``prediction_type="sample"``): ``D`` is the
+  network's output.
+
+Schedulers that clip or threshold their predicted sample (DDIM, DDPM, DPM-Solver, ... with ``clip_sample`` or
+``thresholding``) do it to ``D``: :func:`clip_x0`, :func:`threshold_x0`.
 
 ``t(sigma)`` interpolates linearly in log sigma between neighbouring table entries (continuous timesteps, as
 k-diffusion and A1111), or takes the nearest integer timestep (``timesteps="quantized"``, as ComfyUI). ``known`` pairs
@@ -36,7 +41,7 @@ import torch
 
 from .geometry import FLOW, VE
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_MODES = ("continuous", "quantized")
 
 
@@ -67,10 +72,30 @@ def paired_timesteps(sigma: torch.Tensor, t: torch.Tensor, known) -> torch.Tenso
 
 def discrete_denoised(x: torch.Tensor, s: torch.Tensor, prediction: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """``D`` in VE units from a discrete network's prediction at ``x`` (``s``: sigma, broadcastable): eps gives
-    ``x - s eps``; v gives ``c_skip x + c_out v`` with ``c_skip = 1 / (s^2 + 1)``, ``c_out = -s / sqrt(s^2 + 1)``."""
+    ``x - s eps``; v gives ``c_skip x + c_out v`` with ``c_skip = 1 / (s^2 + 1)``, ``c_out = -s / sqrt(s^2 + 1)``;
+    sample is ``D`` itself (x0 is the same in VE and VP units)."""
     if prediction_type == "epsilon":
         return x - s * prediction
+    if prediction_type == "sample":
+        return prediction
     return x / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * prediction
+
+
+def clip_x0(denoised: torch.Tensor, limit: float) -> torch.Tensor:
+    """``D`` clamped to ``[-limit, limit]`` (diffusers' ``clip_sample`` with ``clip_sample_range``; Ho et al. 2020,
+    arXiv 2006.11239, clip x0 to the data range [-1, 1])."""
+    return denoised.clamp(-limit, limit)
+
+
+def threshold_x0(denoised: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding, Saharia et al. 2022 (Imagen, arXiv 2205.11487, Sec. 2.3): per image, ``s`` = the
+    ``ratio`` quantile of ``|D|`` clamped to ``[1, max_value]``; ``D`` clamped to ``[-s, s]`` and divided by ``s``.
+    As diffusers' ``_threshold_sample``: the quantile over all but the batch axis, in float32 for half dtypes."""
+    flat = denoised.reshape(denoised.shape[0], -1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (flat.clamp(-s, s) / s).reshape(denoised.shape).to(denoised.dtype)
 
 
 def _as_known(known):
@@ -129,7 +154,7 @@ class DiscreteDenoiser(BridgeDenoiser):
     Args:
         net: ``net(x_in, t) -> prediction``; ``x_in`` is ``c_in x`` in ``net_dtype``, ``t`` one timestep per item.
         alphas_cumprod: the training table ``abar_t`` (a diffusers scheduler's ``alphas_cumprod``).
-        prediction_type: "epsilon" or "v_prediction".
+        prediction_type: "epsilon", "v_prediction" or "sample".
         timesteps: "continuous" (log-sigma interpolation) or "quantized" (nearest integer timestep).
         known: optional ``(sigmas, timesteps)`` a scheduler pairs exactly; they take precedence where they match.
         net_dtype: dtype of the network input (the sampler keeps float32 state).

@@ -26,6 +26,8 @@ asked about when they are not the very tensor it handed out.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 import logging
 import math
@@ -39,15 +41,18 @@ import torch
 from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .denoisers import DiscreteDenoiser, FlowDenoiser, discrete_denoised, sigmas_from_alphas_cumprod
+from .denoisers import (PREDICTION_TYPES, DiscreteDenoiser, FlowDenoiser, clip_x0, discrete_denoised,
+                        sigmas_from_alphas_cumprod, threshold_x0)
 from .geometry import FLOW, VE, Geometry
+from .names import did_you_mean
 from . import seeding
 from .registry import SamplerSpec, get_sampler, list_samplers
 from .samplers.base import dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
-from .pipelines.schedulers import brownian_noise_for, flow_shift, known_class, read_schedule, set_up
+from .pipelines.schedulers import (brownian_noise_for, call_keywords, check_supported, flow_shift, known_class,
+                                   limits_denoised, read_schedule, set_up)
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +173,48 @@ def _base_class(name: str | None, config: dict) -> type:
     return diffusers.EulerDiscreteScheduler
 
 
+def _x0_limit(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The base's limit on its predicted sample, applied to every ``D``: dynamic thresholding (``thresholding``,
+    which wins, as in diffusers' steps) or clipping (``clip_sample``); None when the config has neither."""
+    if not limits_denoised(config):
+        return None
+    if config.get("thresholding", False):
+        ratio, top = config.dynamic_thresholding_ratio, config.sample_max_value
+        limit = functools.partial(threshold_x0, ratio=ratio, max_value=top)
+        what = f"dynamic thresholding (ratio {ratio}, sample_max_value {top})"
+    else:
+        limit = functools.partial(clip_x0, limit=config.get("clip_sample_range", 1.0))
+        what = f"clip_sample (range {config.get('clip_sample_range', 1.0)})"
+    logger.info("KScheduler: the base scheduler's config asks for %s; it is applied to the denoised estimate D "
+                "of every sampler, as the base's own steps apply it to x0", what)
+    return limit
+
+
+def _config_keys(cls: type) -> set[str] | None:
+    """The config keys a scheduler class's ``__init__`` takes (None: it takes any, ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {name for name in params if name != "self"}
+
+
+def _timesteps_like(base_timesteps, values: list[float], device) -> torch.Tensor:
+    """The call plan's timesteps: in the base's integer dtype where the base keeps integer timesteps (DDIM, PNDM,
+    LCM, DPM-Solver: int64) and every value is a whole number (the base's own schedule), float32 otherwise."""
+    integer = isinstance(base_timesteps, torch.Tensor) and not base_timesteps.is_floating_point()
+    if integer and all(float(v).is_integer() for v in values):
+        return torch.tensor(values, dtype=torch.float64).to(base_timesteps.dtype).to(device)
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _same(value, default) -> bool:
+    """``value == default`` for plain values; False where the comparison is not a plain bool (tensors)."""
+    try:
+        return bool(value == default)
+    except (TypeError, RuntimeError, ValueError):
+        return False
+
+
 def _is_uniform_flow_default(sigmas) -> bool:
     """``sigmas`` are ``linspace(1, 1/n, n)``, the FLUX-family pipelines' default (they always pass sigmas)."""
     values = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
@@ -220,6 +267,13 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                  noise_options: dict | None = None, **base_config):
         base_config = {k: v for k, v in base_config.items() if not k.startswith("_")}
         cls = _base_class(base_scheduler, base_config)
+        accepted = _config_keys(cls)
+        unknown = sorted(set(base_config) - accepted) if accepted is not None else []
+        if unknown:
+            raise TypeError(
+                f"KScheduler got unexpected keyword argument(s) {unknown}.{did_you_mean(unknown[0], OWN_KEYS)} "
+                f"It takes its own {', '.join(OWN_KEYS)} and {cls.__name__}'s config keys: {', '.join(sorted(accepted))}"
+            )
         self._set_base(cls.from_config(base_config), sampler, sigma_schedule, sampler_kwargs, quantize_timesteps,
                        check_finite, noise, noise_options)
 
@@ -250,9 +304,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if not is_own:
             own = {"base_scheduler": config.get("_class_name")}
         own.update({k: kwargs.pop(k) for k in OWN_KEYS if k in kwargs})
-        base_config = {k: v for k, v in config.items() if k not in OWN_KEYS}
-        base_config.update(kwargs)
-        scheduler = cls(**own, **base_config)
+        # keys of the config dict its base class does not know are dropped, as diffusers drops them when a config
+        # moves between scheduler classes; keyword arguments are the caller's own and are checked (typos raise)
+        accepted = _config_keys(_base_class(own.get("base_scheduler"), {**config, **kwargs}))
+        base_config = {k: v for k, v in config.items()
+                       if k not in OWN_KEYS and not k.startswith("_") and (accepted is None or k in accepted)}
+        scheduler = cls(**own, **base_config, **kwargs)
         return (scheduler, {}) if return_unused_kwargs else scheduler
 
     def _set_base(self, base, sampler, sigma_schedule, sampler_kwargs, quantize_timesteps, check_finite,
@@ -260,11 +317,15 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         check_call_arguments({"sampler_kwargs": sampler_kwargs, "quantize_timesteps": quantize_timesteps,
                               "check_finite": check_finite})
         self._mode = seeding.seed_mode(noise, noise_options)
+        check_supported(base)
         self.base = base
         self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) else VE
-        if self.geometry is VE and base.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type {base.config.prediction_type!r} is not supported; accepted: "
-                             "'epsilon', 'v_prediction' (discrete) or a flow-matching scheduler")
+        prediction_type = base.config.get("prediction_type") or "epsilon"
+        if self.geometry is VE and prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r} is not supported; accepted: "
+                             f"{', '.join(map(repr, PREDICTION_TYPES))} (discrete) or a flow-matching scheduler")
+        self._prediction_type = prediction_type
+        self._limit = _x0_limit(base.config)
         if quantize_timesteps and self.geometry is FLOW:
             raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000")
         if self._mode.name == "comfyui" and quantize_timesteps is False and self.geometry is VE:
@@ -338,14 +399,23 @@ class KScheduler(SchedulerMixin, ConfigMixin):
     # --- the schedule ------------------------------------------------------------------------------------------
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps: list[int] | None = None, sigmas: list[float] | None = None, mu: float | None = None):
+                      timesteps: list[int] | None = None, sigmas: list[float] | None = None, mu: float | None = None,
+                      **base_kwargs):
         """Set up the run: the schedule (the base scheduler's own, or ``sigma_schedule``), then the call plan.
 
         ``timesteps`` / ``sigmas`` are custom schedules as the base scheduler takes them (they replace
         ``num_inference_steps``); ``mu`` is the dynamic flow shift. With a ``sigma_schedule``, FLUX-family
         pipelines' default ``sigmas`` (``linspace(1, 1/n, n)``) only give the step count; other custom schedules
-        are refused (two schedules would be chosen).
+        are refused (two schedules would be chosen). ``base_kwargs``: other keywords of the base's
+        ``set_timesteps`` (LCM's ``original_inference_steps``), passed to it; they shape the base's own schedule,
+        so with a ``sigma_schedule`` a value other than None is refused. Keywords the base does not take raise.
         """
+        call_keywords(self.base.set_timesteps, base_kwargs, f"{type(self.base).__name__}.set_timesteps")
+        given = {k: v for k, v in base_kwargs.items() if v is not None}
+        if given and self._schedule is not None:
+            raise ValueError(f"set_timesteps({', '.join(f'{k}={v!r}' for k, v in given.items())}) shapes "
+                             f"{type(self.base).__name__}'s own schedule, but sigma_schedule={self._schedule!r} "
+                             "chooses the schedule; pass sigma_schedule=None to use it")
         self._reset()
         if timesteps is not None and sigmas is not None:
             raise ValueError("Only one of `timesteps` or `sigmas` can be passed")
@@ -377,7 +447,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 sigmas = np.linspace(1.0, 1 / (len(sigmas) + 1), len(sigmas) + 1)  # the FLUX pipelines' rule
             else:
                 discard = discard and timesteps is None and sigmas is None
-            own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu))  # our own copy
+            own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu, **given))  # our copy
             k_sigmas, known = own.sigmas, own.known
             if sigmas is not None and self.geometry is VE:
                 table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())
@@ -404,8 +474,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 "(KSDXLPipeline, KSDPipeline, KSD3Pipeline, the SDXL img2img/inpaint/ControlNet ones, KFluxPipeline "
                 "with a negative prompt), or give the scheduler a source with scheduler.set_guidance(fn)"
             )
-        self.timesteps = torch.tensor([self._bridge.host_t(s) for s in self._plan.sigmas], dtype=torch.float32,
-                                      device=device)
+        self.timesteps = _timesteps_like(getattr(self.base, "timesteps", None),
+                                         [self._bridge.host_t(s) for s in self._plan.sigmas], device)
         self.sigmas = torch.tensor(self._plan.sigmas + (self._k_sigmas[-1],), dtype=torch.float32)
         self.num_inference_steps = len(self._k_sigmas) - 1
         self.order = self._plan.order
@@ -490,8 +560,17 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return list(self._k_sigmas)
 
     @property
-    def init_noise_sigma(self) -> float:
-        return getattr(self, "_init_noise_sigma", 1.0)
+    def init_noise_sigma(self) -> float | torch.Tensor:
+        """What the pipeline multiplies the initial noise by; a tensor (the base's dtype) where the base gives
+        one (the Euler family), a float otherwise, as the base."""
+        value = getattr(self, "_init_noise_sigma", 1.0)
+        own = getattr(self.base, "init_noise_sigma", None)
+        return torch.tensor(value, dtype=own.dtype) if isinstance(own, torch.Tensor) else value
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The base scheduler's training table (pipelines index it with ``timesteps``: Kandinsky img2img)."""
+        return self.base.alphas_cumprod
 
     @property
     def step_index(self) -> int | None:
@@ -594,15 +673,18 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return sample / (s**2 + 1) ** 0.5
 
     def _denoised(self, x: torch.Tensor, sigma: float, model_output: torch.Tensor) -> torch.Tensor:
-        """``D`` at the call's point from the network's output. Eps and flow take the host float (torch rounds a
-        Python scalar to the tensor's dtype first: the same bits as the bridge's sigma tensor); v needs
-        ``sqrt(s^2 + 1)`` in the state dtype, as the bridge computes it."""
+        """``D`` at the call's point from the network's output, limited as the base's config says (clip /
+        threshold). Eps and flow take the host float (torch rounds a Python scalar to the tensor's dtype first: the
+        same bits as the bridge's sigma tensor); v needs ``sqrt(s^2 + 1)`` in the state dtype, as the bridge
+        computes it."""
         prediction = model_output.to(x.dtype)
         if self.geometry is FLOW:
-            return x - sigma * prediction
-        prediction_type = self.base.config.prediction_type
-        s = sigma if prediction_type == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
-        return discrete_denoised(x, s, prediction, prediction_type)
+            denoised = x - sigma * prediction
+        else:
+            kind = self._prediction_type
+            s = sigma if kind == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
+            denoised = discrete_denoised(x, s, prediction, kind)
+        return denoised if self._limit is None else self._limit(denoised)
 
     def _to_state(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
         """The sampler's state (VE or flow units) from the loop's latents at ``sigma``."""
@@ -684,19 +766,31 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return self._greenlet.switch(value)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
-             return_dict: bool = True):
+             return_dict: bool = True, eta: float | None = None, **base_kwargs):
         """Give the sampler ``D`` at the current call and run it to its next call.
 
         Args:
-            model_output: the network's (guided) prediction at ``sample``: eps / v (discrete) or velocity (flow).
+            model_output: the network's (guided) prediction at ``sample``: eps / v / x0 (discrete) or velocity (flow).
             timestep: the current timestep (used only to find the start when no begin index was set).
             sample: the latents the network saw; if they are not the tensor the last ``step`` returned (inpainting,
                 a callback), they replace the sampler's state.
             generator: one ``torch.Generator`` or one per batch item, for stochastic samplers (read at the first call).
+            eta: what SD-family pipelines pass to every scheduler whose ``step`` takes it (their ``eta`` argument,
+                default 0): 0 or None. The sampler's own ``eta`` goes in ``sampler_kwargs`` (DDIM's eta is
+                ``euler_ancestral``'s), so another value raises rather than being dropped.
+            base_kwargs: other keywords of the base scheduler's ``step``: honoured where they ask for what KScheduler
+                does anyway (their default; LTX's ``per_token_timesteps`` equal to ``timestep`` for every token),
+                refused otherwise; keywords the base's ``step`` does not take raise.
 
         Returns:
             :class:`KSchedulerOutput` (``prev_sample``, ``pred_original_sample``) or that tuple.
         """
+        if eta:
+            raise ValueError(f"step(eta={eta!r}): KScheduler takes the sampler's eta as sampler_kwargs={{'eta': "
+                             f"{eta!r}}} (a stochastic sampler: DDIM's eta is euler_ancestral's, TCD's gamma has no "
+                             "k-sampler yet); the pipeline's eta must be 0")
+        if base_kwargs:
+            self._check_step_extras(base_kwargs, timestep)
         self._init_step_index(timestep)
         index = self._step_index
         if index >= len(self._plan.sigmas):
@@ -735,6 +829,26 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, out_denoised
         return KSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out_denoised)
+
+    def _check_step_extras(self, extras: dict, timestep) -> None:
+        """The base ``step``'s own keywords: accepted at their defaults (what KScheduler does anyway) and for
+        ``per_token_timesteps`` equal to ``timestep`` everywhere; refused otherwise, naming the value."""
+        owner = f"{type(self.base).__name__}.step"
+        call_keywords(self.base.step, extras, owner)
+        defaults = inspect.signature(self.base.step).parameters
+        for name, value in extras.items():
+            if name == "per_token_timesteps" and value is not None:
+                if not bool((torch.as_tensor(value) == torch.as_tensor(timestep).to(torch.as_tensor(value))).all()):
+                    raise ValueError(
+                        "per_token_timesteps that differ across tokens (conditioning tokens held at other noise "
+                        "levels) need a per-token step, which a k-sampler (one sigma for the whole state) cannot "
+                        "take; KScheduler runs only calls whose per-token timesteps all equal the step's timestep")
+                continue
+            default = defaults[name].default
+            if value is not None and not (default is not inspect.Parameter.empty and _same(value, default)):
+                raise ValueError(f"{owner}({name}={value!r}) changes what {type(self.base).__name__} computes, which "
+                                 f"KScheduler's sampler does not do; leave {name} at its default ({default!r}) and "
+                                 "pass sampler options in sampler_kwargs")
 
     def _check_call(self, call, index: int):
         if not isinstance(call, _Call):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..pipelines.common import diffusers_parent
-from ..pipelines.schedulers import equivalent, read_schedule
+from ..pipelines.schedulers import equivalent, keeps_vp_latents, read_schedule
 from .pairs import Pair
 
 
@@ -149,7 +149,7 @@ def trace_diffusers(pipe, pair: Pair, options: dict, seed: int) -> Trace:
     schedulers (Heun, KDPM2, DPM-Solver SDE) are skipped; VP latents are brought to VE units for SDXL."""
     native = diffusers_parent(type(pipe))(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
     native.set_progress_bar_config(disable=True)
-    vp = pair.kind == "sdxl" and equivalent(native.scheduler).vp_latents
+    vp = pair.kind == "sdxl" and keeps_vp_latents(native.scheduler)
 
     def record(p, x, i, k):
         last = i == len(p.scheduler.timesteps) - 1  # a two-stage scheduler's step into 0 is one stage

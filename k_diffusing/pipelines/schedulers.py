@@ -27,16 +27,15 @@ class Equivalent:
 
     sampler: str
     kwargs: dict = field(default_factory=dict)
-    vp_latents: bool = False
 
 
 def _dpm_multistep(config) -> Equivalent:
     algorithm, order = config.algorithm_type, config.solver_order
     if algorithm == "dpmsolver++" and order == 2 and config.solver_type == "midpoint":
-        return Equivalent("dpmpp_2m", vp_latents=True)
+        return Equivalent("dpmpp_2m")
     if algorithm == "sde-dpmsolver++" and order == 2:
         name = "dpmpp_2m_sde_heun" if config.solver_type == "heun" else "dpmpp_2m_sde"
-        return Equivalent(name, vp_latents=True)
+        return Equivalent(name)
     raise ValueError(
         f"DPMSolverMultistepScheduler(algorithm_type={algorithm!r}, solver_order={order}, "
         f"solver_type={config.solver_type!r}) has no k-sampler equivalent here; pass sampler= (e.g. 'dpmpp_2m', "
@@ -44,15 +43,38 @@ def _dpm_multistep(config) -> Equivalent:
     )
 
 
-def _unclipped(config, name: str, sampler: str) -> Equivalent:
-    """DDIM (eta = 0 is Euler in VE units: Song et al. 2020, arXiv 2010.02502, Eq. 14), DDPM and LCM, as long as
-    they do not clip or threshold the predicted sample (which no k-sampler does)."""
-    if getattr(config, "clip_sample", False) or getattr(config, "thresholding", False):
+def limits_denoised(config) -> bool:
+    """Whether the scheduler's config clips (``clip_sample``) or thresholds (``thresholding``) its predicted
+    sample; the bridge then applies the same limit to every ``D`` (:func:`x0_limit`)."""
+    return bool(config.get("thresholding", False) or config.get("clip_sample", False))
+
+
+def _ddim(config, name: str) -> Equivalent:
+    """DDIM with eta = 0 is Euler in VE units (Song et al. 2020, arXiv 2010.02502, Eq. 14). With clipping or
+    thresholding its step is ``x' = D_c + sigma' eps`` with the limited ``D_c`` but the network's own ``eps``
+    (``use_clipped_model_output=False``, what the pipelines pass): a function of two estimates of ``x0``, where a
+    k-sampler's step sees one."""
+    if limits_denoised(config):
         raise ValueError(
-            f"{name} with clip_sample/thresholding has no k-sampler equivalent (samplers never clip x0); set "
-            "clip_sample=False and thresholding=False in its config or pass sampler="
+            f"{name} with clip_sample/thresholding steps to x' = clip(x0) + sigma' eps with the network's unclipped "
+            "eps: that update needs two different estimates of x0 and a k-sampler sees one, so no k-sampler is "
+            f"its exact equivalent. Pass sampler= (e.g. 'euler': the limit is then applied to D for every sampler, "
+            f"which is {name} with use_clipped_model_output=True), or set clip_sample=False and thresholding=False"
         )
-    return Equivalent(sampler, vp_latents=True)
+    return Equivalent("euler")
+
+
+def _ddpm(config, name: str) -> Equivalent:
+    """DDPM's ancestral step with the posterior variance ``beta~_t`` (Ho et al. 2020, arXiv 2006.11239, Eq. 7),
+    which is k-diffusion's ``ddpm``; a limited ``x0`` enters the posterior mean as ``D`` does."""
+    variance = config.get("variance_type") or "fixed_small"
+    if variance not in ("fixed_small", "fixed_small_log"):
+        raise ValueError(
+            f"{name}(variance_type={variance!r}) draws its step noise with a variance other than DDPM's posterior "
+            "variance (learned ones come from the network's extra output channels, which a denoiser D(x, sigma) "
+            "does not return): no k-sampler is its exact equivalent; pass sampler= or use variance_type='fixed_small'"
+        )
+    return Equivalent("ddpm")
 
 
 def _flow_match_euler(config) -> Equivalent:
@@ -67,7 +89,7 @@ def _unipc(config) -> Equivalent:
     name = "uni_pc_bh2" if config.solver_type == "bh2" else "uni_pc"
     kwargs = {"order": config.solver_order, "lower_order_final": config.lower_order_final,
               "use_corrector": not config.disable_corrector}
-    return Equivalent(name, kwargs, vp_latents=True)
+    return Equivalent(name, kwargs)
 
 
 _EQUIVALENTS = {
@@ -80,18 +102,61 @@ _EQUIVALENTS = {
     "DPMSolverSDEScheduler": lambda c: Equivalent("dpmpp_sde"),
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "UniPCMultistepScheduler": _unipc,
-    "DEISMultistepScheduler": lambda c: Equivalent("deis", {"max_order": c.solver_order}, vp_latents=True),
-    "DDIMScheduler": lambda c: _unclipped(c, "DDIMScheduler", "euler"),
-    "DDPMScheduler": lambda c: _unclipped(c, "DDPMScheduler", "ddpm"),
-    "LCMScheduler": lambda c: _unclipped(c, "LCMScheduler", "lcm"),
+    "DEISMultistepScheduler": lambda c: Equivalent("deis", {"max_order": c.solver_order}),
+    "DDIMScheduler": lambda c: _ddim(c, "DDIMScheduler"),
+    "DDPMScheduler": lambda c: _ddpm(c, "DDPMScheduler"),
+    "DDIMParallelScheduler": lambda c: _ddim(c, "DDIMParallelScheduler"),
+    "DDPMParallelScheduler": lambda c: _ddpm(c, "DDPMParallelScheduler"),
+    "CogVideoXDDIMScheduler": lambda c: _ddim(c, "CogVideoXDDIMScheduler"),
+    "TCDScheduler": lambda c: Equivalent("euler"),
+    "LCMScheduler": lambda c: Equivalent("lcm"),
     "FlowMatchEulerDiscreteScheduler": _flow_match_euler,
     "FlowMatchHeunDiscreteScheduler": lambda c: Equivalent("heun"),
 }
+
+# The last step's alpha-bar of schedulers without sigmas, where it is not their final_alpha_cumprod: LCM returns its
+# denoised sample (sigma 0); TCD steps to timestep 0 (abar_0).
+_FINAL_ALPHA_CUMPROD = {"LCMScheduler": lambda s: 1.0, "TCDScheduler": lambda s: s.alphas_cumprod[0]}
 
 # Schedulers whose timesteps pair one-to-one with the first len(timesteps) of their sigmas.
 _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
            "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"}
+
+
+_DISCRETE_TOKENS = ("diffuses discrete tokens (masked or categorical states, sampled from logits), not Gaussian "
+                    "latents: there is no denoiser D(x, sigma) for a k-sampler to call")
+# Scheduler classes no k-sampler can run, whatever the sampler: a KScheduler refuses them when it is built.
+REFUSED = {
+    "AmusedScheduler": _DISCRETE_TOKENS,
+    "VQDiffusionScheduler": _DISCRETE_TOKENS,
+    "BlockRefinementScheduler": _DISCRETE_TOKENS,
+    "EntropyBoundScheduler": _DISCRETE_TOKENS,
+    "DiscreteDDIMScheduler": _DISCRETE_TOKENS,
+    "FlowMapEulerDiscreteScheduler": "is for flow *map* models: the network predicts the jump from t to r (step takes "
+                                     "r_timestep), not a velocity or denoised estimate at one noise level",
+    "PiflowScheduler": "is for pi-Flow models: the network outputs a policy that the scheduler integrates between "
+                       "its grid points, not one denoised estimate per noise level",
+    "RePaintScheduler": "resamples: its timesteps jump back up (undo/redo cycles) and its step takes the original "
+                        "image and mask; a k-sampler's schedule only descends",
+    "KarrasVeScheduler": "has its own protocol (add_noise_to_input, step(model_output, sigma_hat, sigma_prev, "
+                         "sample_hat), step_correct) that its pipeline calls instead of step(model_output, t, x)",
+    "ScoreSdeVeScheduler": "has its own predictor-corrector protocol (step_pred, step_correct) that its pipeline calls "
+                           "instead of step(model_output, t, x)",
+    "RFD4ProteinaScheduler": "integrates protein structures (coordinates and latents of several modalities with their "
+                             "own time grids), not one image latent with one noise level",
+    "DDIMInverseScheduler": "runs the schedule upwards (inversion, data to noise); the catalogue's samplers integrate "
+                            "from noise to data",
+    "DPMSolverMultistepInverseScheduler": "runs the schedule upwards (inversion, data to noise); the catalogue's "
+                                          "samplers integrate from noise to data",
+}
+
+
+def check_supported(scheduler) -> None:
+    """Refuse a scheduler class no k-sampler can run (:data:`REFUSED`), naming it and why."""
+    name = next((c.__name__ for c in type(scheduler).__mro__ if c.__name__ in REFUSED), None)
+    if name is not None:
+        raise ValueError(f"KScheduler cannot run {type(scheduler).__name__}: {name} {REFUSED[name]}")
 
 
 def known_class(scheduler) -> str:
@@ -122,21 +187,35 @@ class SchedulerSigmas:
     vp_latents: bool
 
 
-def set_up(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu=None):
-    """``scheduler.set_timesteps`` called as diffusers' ``retrieve_timesteps`` calls it (custom ``timesteps`` or
-    ``sigmas`` replace the step count; ``mu`` only where accepted), on the CPU; returns the scheduler."""
+def set_up(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu=None, **extra):
+    """``scheduler.set_timesteps`` called with what the pipeline gave (as diffusers' ``retrieve_timesteps``: custom
+    ``timesteps`` or ``sigmas`` replace the step count; HeliosPipeline passes both a count and sigmas), ``mu`` only
+    where accepted, ``extra`` keywords the scheduler takes (LCM's ``original_inference_steps``), on the CPU;
+    returns the scheduler."""
     params = set(inspect.signature(scheduler.set_timesteps).parameters)
     for name, value in (("timesteps", timesteps), ("sigmas", sigmas)):
         if value is not None and name not in params:
             raise ValueError(f"{type(scheduler).__name__}.set_timesteps does not take custom {name}")
-    kwargs = {"mu": mu} if mu is not None and "mu" in params else {}
-    if timesteps is not None:
-        scheduler.set_timesteps(timesteps=timesteps, device="cpu", **kwargs)
-    elif sigmas is not None:
-        scheduler.set_timesteps(sigmas=sigmas, device="cpu", **kwargs)
-    else:
-        scheduler.set_timesteps(num_inference_steps, device="cpu", **kwargs)
+    kwargs = {"timesteps": timesteps, "sigmas": sigmas, **extra}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if mu is not None and "mu" in params:
+        kwargs["mu"] = mu
+    if num_inference_steps is not None:
+        kwargs["num_inference_steps"] = num_inference_steps
+    scheduler.set_timesteps(device="cpu", **kwargs)
     return scheduler
+
+
+def call_keywords(method, given: dict, owner: str) -> None:
+    """Refuse keywords that ``method`` (a base scheduler's ``set_timesteps`` or ``step``) does not take, naming the
+    ones it does: KScheduler takes what its base takes, so a typo is not dropped."""
+    params = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword argument(s) {unknown}; it takes: "
+                        f"{', '.join(p for p in params if p != 'self')}")
 
 
 def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas=None, mu=None) -> SchedulerSigmas:
@@ -149,22 +228,41 @@ def scheduler_sigmas(scheduler, num_inference_steps=None, timesteps=None, sigmas
 
 def read_schedule(scheduler) -> SchedulerSigmas:
     """The schedule of a scheduler whose ``set_timesteps`` has run (a fresh copy, or a pipeline's scheduler after a
-    run): main sigmas, (sigma, timestep) pairs and initial noise scale."""
+    run), whatever its class: main sigmas, (sigma, timestep) pairs and initial noise scale.
+
+    A scheduler that keeps ``sigmas`` (the Euler family, DPM-Solver, UniPC, DEIS, FlowMatch, EDM, ...) gives them
+    directly; one that keeps only ``alphas_cumprod`` (DDIM, DDPM, PNDM, LCM, TCD, ...) gives the sigma of each
+    timestep, ``sqrt((1 - abar_t) / abar_t)``, then the final one: ``final_alpha_cumprod`` where it has one (DDIM,
+    PNDM: 1 or ``abar_0``; TCD: ``abar_0``), else 0 (DDPM's last step; LCM returns its denoised sample). Consecutive
+    repeats (PNDM's and Heun's second call at one sigma) are one sigma of the main schedule. Latents:
+    :func:`keeps_vp_latents`."""
     name = known_class(scheduler)
     ts = scheduler.timesteps.to(torch.float32).cpu()
-    if getattr(scheduler, "sigmas", None) is not None:
-        table = scheduler.sigmas.to(torch.float32).cpu()
-        main = torch.unique_consecutive(table)
-    else:  # DDIM / DDPM / LCM: sigma at each timestep, then the final one (DDIM: final_alpha_cumprod; LCM's last
-        # step returns its denoised sample, i.e. steps to sigma = 0, whatever its final_alpha_cumprod)
+    own_sigmas = getattr(scheduler, "sigmas", None)
+    if own_sigmas is not None:
+        table = torch.as_tensor(own_sigmas).to(torch.float32).cpu()
+        known = (table[: len(ts)], ts) if name in _PAIRED else None
+    elif getattr(scheduler, "alphas_cumprod", None) is not None:
         acp = scheduler.alphas_cumprod.to(torch.float32).cpu()
-        final_acp = 1.0 if name == "LCMScheduler" else getattr(scheduler, "final_alpha_cumprod", 1.0)
+        final_acp = _FINAL_ALPHA_CUMPROD.get(name, lambda s: getattr(s, "final_alpha_cumprod", 1.0))(scheduler)
         final = torch.as_tensor(final_acp, dtype=torch.float32).reshape(1)
         table = torch.cat([acp[scheduler.timesteps.long().cpu()], final.cpu()])
-        table = main = ((1 - table) / table) ** 0.5
-    known = (table[: len(ts)], ts) if name in _PAIRED or getattr(scheduler, "sigmas", None) is None else None
-    init = float(getattr(scheduler, "init_noise_sigma", 1.0))
-    return SchedulerSigmas(main.to(torch.float64), known, init, equivalent(scheduler).vp_latents)
+        table = ((1 - table) / table) ** 0.5
+        known = (table[: len(ts)], ts)
+    else:
+        raise ValueError(
+            f"{type(scheduler).__name__} keeps neither sigmas nor alphas_cumprod after set_timesteps, so its "
+            "schedule cannot be read as noise levels; pass sigma_schedule= (a catalogue schedule) with sampler="
+        )
+    main = torch.unique_consecutive(table)
+    return SchedulerSigmas(main.to(torch.float64), known, float(getattr(scheduler, "init_noise_sigma", 1.0)),
+                           keeps_vp_latents(scheduler))
+
+
+def keeps_vp_latents(scheduler) -> bool:
+    """Whether a discrete scheduler keeps VP latents ``x / sqrt(sigma^2 + 1)``: it multiplies the initial noise by 1
+    (the DDPM family) where the Euler family multiplies it by a sigma (VE latents)."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0)) == 1.0
 
 
 def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor):

@@ -49,6 +49,7 @@ def test_zoo_covers_the_families():
         "KandinskyV22Img2ImgPipeline",
         "CogVideoXPipeline",
         "LTXConditionPipeline",
+        "ShapEPipeline",
     }
     assert {type(case.default_scheduler()).__name__ for case in ZOO.values()} >= {
         "EulerDiscreteScheduler",
@@ -63,6 +64,7 @@ def test_zoo_covers_the_families():
         "DPMSolverMultistepScheduler",
         "CogVideoXDDIMScheduler",
         "CogVideoXDPMScheduler",
+        "HeunDiscreteScheduler",
     }
     assert all(case.geometry in GEOMETRIES for case in ZOO.values())
     refiner = ZOO["sdxl_refiner"].build()
@@ -72,6 +74,7 @@ def test_zoo_covers_the_families():
     ddim = ZOO["sd15_controlnet_ddim"].default_scheduler().config
     assert ddim.steps_offset == 0 and not ddim.set_alpha_to_one and not ddim.clip_sample
     assert ZOO["sd15_lcm"].build().unet.config.time_cond_proj_dim is not None
+    assert ZOO["shap_e"].default_scheduler().config.prediction_type == "sample"
 
 
 def test_runs_finite_with_declared_shape_and_rebuilds_bit_identically(first_run):

@@ -44,6 +44,7 @@ from diffusers import (
     EDMEulerScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
@@ -58,6 +59,7 @@ from diffusers import (
     LCMScheduler,
     PNDMScheduler,
     SD3Transformer2DModel,
+    ShapEPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
@@ -104,8 +106,10 @@ from .zoo_models import (
     kandinsky22,
     kandinsky_image_embeds,
     ltx,
+    SHAP_E_EMBEDDING_DIM,
     pixart,
     seeded_eval,
+    shap_e,
 )
 
 DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps, v or x0 prediction)
@@ -625,6 +629,22 @@ def _cases():
             ltx,
             inputs,
         )
+    # x0 prediction; the pipeline calls step(noise_pred, timestep=t, sample=latents) and returns the latents.
+    yield ZooCase(
+        "shap_e",
+        ShapEPipeline,
+        DISCRETE,
+        False,
+        (1, SHAP_E_EMBEDDING_DIM, SHAP_E_EMBEDDING_DIM),
+        _configured(HeunDiscreteScheduler, zoo_schedulers.shap_e),
+        shap_e,
+        lambda generator: {
+            "prompt": PROMPT,
+            "num_inference_steps": STEPS,
+            "output_type": "latent",
+            "generator": generator,
+        },
+    )
     yield ZooCase(
         "sd3",
         StableDiffusion3Pipeline,

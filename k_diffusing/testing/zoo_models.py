@@ -15,14 +15,16 @@ from diffusers import (
     CogVideoXTransformer3DModel,
     LTXVideoTransformer3DModel,
     PixArtTransformer2DModel,
+    PriorTransformer,
     UNet2DConditionModel,
     VQModel,
 )
-from transformers import T5EncoderModel
+from diffusers.pipelines.shap_e import ShapERenderer
+from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
-from .tiny import seeded, tiny_sdxl_vae
+from .tiny import PROJECTION_DIM, clip_text_config, seeded, tiny_sdxl_vae
 from .tiny_flux import T5_D_MODEL, _t5_config
-from .tokenizers import t5_tokenizer
+from .tokenizers import clip_tokenizer, t5_tokenizer
 
 SEED = 0  # component seeds: SEED, SEED + 1, ... one per model, as in zoo.py
 SD15_VAE_SCALING_FACTOR = 0.18215  # SD 1.5's vae/config.json (PixArt-alpha reuses SD's VAE)
@@ -81,6 +83,7 @@ COGVIDEOX_SIZE = 16  # pixels; diffusers' fast test: "cannot reduce because conv
 COGVIDEOX_NUM_FRAMES = 8  # (8 - 1) // 4 + 1 = 2 latent frames
 COGVIDEOX_TEXT_LENGTH = 16  # the transformer's max_text_seq_length = the pipeline's max_sequence_length
 LTX_NUM_FRAMES = 9  # 8 k + 1 frames: 3 latent frames with the VAE's temporal factor 4
+SHAP_E_EMBEDDING_DIM = 32  # the prior's latent: num_embeddings x embedding_dim = 32 x 32
 KANDINSKY_EMBED_DIM = 32  # the image embedding width of diffusers' Kandinsky 2.2 fast tests (text_embedder_hidden_size)
 
 
@@ -231,4 +234,47 @@ def ltx(scheduler) -> dict:
         "scheduler": scheduler,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
+    }
+
+
+def shap_e(scheduler) -> dict:
+    """Shap-E's text-to-3D layout at diffusers' ``tests/pipelines/shap_e/test_shap_e.py`` sizes: a one-layer
+    PriorTransformer that predicts the clean latent (32 embeddings of width 32, with a variance half the pipeline
+    splits off) conditioned on a CLIPTextModelWithProjection of width 32, and the renderer (unused for latent
+    output, required by the constructor)."""
+    tokenizer = clip_tokenizer()
+    prior = seeded_eval(
+        SEED,
+        lambda: PriorTransformer(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            embedding_dim=SHAP_E_EMBEDDING_DIM,
+            num_embeddings=SHAP_E_EMBEDDING_DIM,
+            embedding_proj_dim=PROJECTION_DIM,
+            time_embed_dim=4 * SHAP_E_EMBEDDING_DIM,
+            num_layers=1,
+            clip_embed_dim=2 * SHAP_E_EMBEDDING_DIM,
+            additional_embeddings=0,
+            time_embed_act_fn="gelu",
+            norm_in_type="layer",
+            encoder_hid_proj_type=None,
+            added_emb_type=None,
+        ),
+    )
+    renderer = seeded_eval(
+        SEED + 1,
+        lambda: ShapERenderer(
+            param_shapes=((8, 93), (8, 8), (8, 8), (8, 8)),
+            d_latent=SHAP_E_EMBEDDING_DIM,
+            d_hidden=8,
+            n_output=12,
+            background=(0.1, 0.1, 0.1),
+        ),
+    )
+    return {
+        "prior": prior,
+        "text_encoder": seeded_eval(SEED + 2, lambda: CLIPTextModelWithProjection(clip_text_config(tokenizer))),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "shap_e_renderer": renderer,
     }

@@ -180,3 +180,17 @@ def ltx_video() -> dict:
         "use_exponential_sigmas": False,
         "use_karras_sigmas": False,
     }
+
+
+def shap_e() -> dict:
+    """diffusers' Shap-E fast test (``tests/pipelines/shap_e/test_shap_e.py``), the keys of openai/shap-e's config:
+    HeunDiscreteScheduler on the ``exp`` beta table of 1024 steps, Karras sigmas, x0 prediction
+    (``prediction_type="sample"``) clipped to [-1, 1]."""
+    return {
+        "beta_schedule": "exp",
+        "num_train_timesteps": 1024,
+        "prediction_type": "sample",
+        "use_karras_sigmas": True,
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+    }

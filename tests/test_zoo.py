@@ -50,6 +50,7 @@ def test_zoo_covers_the_families():
         "CogVideoXPipeline",
         "LTXConditionPipeline",
         "ShapEPipeline",
+        "SanaSprintPipeline",
     }
     assert {type(case.default_scheduler()).__name__ for case in ZOO.values()} >= {
         "EulerDiscreteScheduler",
@@ -65,6 +66,7 @@ def test_zoo_covers_the_families():
         "CogVideoXDDIMScheduler",
         "CogVideoXDPMScheduler",
         "HeunDiscreteScheduler",
+        "SCMScheduler",
     }
     assert all(case.geometry in GEOMETRIES for case in ZOO.values())
     refiner = ZOO["sdxl_refiner"].build()

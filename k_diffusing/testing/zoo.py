@@ -58,6 +58,8 @@ from diffusers import (
     LatentConsistencyModelPipeline,
     LCMScheduler,
     PNDMScheduler,
+    SanaSprintPipeline,
+    SCMScheduler,
     SD3Transformer2DModel,
     ShapEPipeline,
     StableDiffusion3Pipeline,
@@ -108,6 +110,7 @@ from .zoo_models import (
     ltx,
     SHAP_E_EMBEDDING_DIM,
     pixart,
+    sana_sprint,
     seeded_eval,
     shap_e,
 )
@@ -115,13 +118,15 @@ from .zoo_models import (
 DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps, v or x0 prediction)
 FLOW = "flow"  # rectified flow, x = (1 - sigma) x0 + sigma eps (velocity prediction)
 EDM = "edm"  # Karras et al. 2022: x = x0 + sigma eps on continuous sigmas, c_skip/c_out/c_in/c_noise preconditioning
-GEOMETRIES = (DISCRETE, FLOW, EDM)
+TRIGFLOW = "trigflow"  # Lu & Song 2024 (sCM): x = cos(t) x0 + sin(t) z with z ~ N(0, sigma_data^2), t in [0, pi/2]
+GEOMETRIES = (DISCRETE, FLOW, EDM, TRIGFLOW)
 
 IMAGE_SEED = 1234  # the init / mask / control images, independent of the call's generator
 PROMPT = "a photo of a cat riding a horse"
 SIZE = 32  # image side in pixels for every case
 STEPS = 4
 STRENGTH = 0.6
+SANA_SPRINT_STEPS = 2  # the pipeline's default; its intermediate_timesteps (1.3) apply to 2 steps only
 TCD_ETA = 0.3  # h1t/TCD-SD15-LoRA's recommended gamma (the pipeline's ``eta``)
 LCM_TIME_COND_PROJ_DIM = 32  # the guidance-scale embedding width of diffusers' LCM fast test UNet
 MAX_SEQUENCE_LENGTH = 32  # T5 tokens (the pipelines' defaults are 256-512)
@@ -645,6 +650,23 @@ def _cases():
             "generator": generator,
         },
     )
+    # Sana Sprint scales the model input itself, steps on the transformer's TrigFlow output times sigma_data, takes
+    # (prev_sample, denoised) from step and returns the last denoised / sigma_data.
+    yield ZooCase(
+        "sana_sprint",
+        SanaSprintPipeline,
+        TRIGFLOW,
+        True,
+        _SD_LATENTS,
+        _configured(SCMScheduler, zoo_schedulers.sana_sprint),
+        functools.partial(sana_sprint, sample_size=SIZE // 2),
+        lambda generator: _text_to_image(
+            generator,
+            num_inference_steps=SANA_SPRINT_STEPS,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            use_resolution_binning=False,
+        ),
+    )
     yield ZooCase(
         "sd3",
         StableDiffusion3Pipeline,
@@ -704,4 +726,4 @@ def _cases():
 
 ZOO: dict[str, ZooCase] = {case.name: case for case in _cases()}
 
-__all__ = ["DISCRETE", "EDM", "FLOW", "GEOMETRIES", "ZOO", "ZooCase"]
+__all__ = ["DISCRETE", "EDM", "FLOW", "GEOMETRIES", "TRIGFLOW", "ZOO", "ZooCase"]

@@ -9,18 +9,22 @@ docstring, except where a size the zoo shares (the T5 width, the image side) had
 from __future__ import annotations
 
 import torch
+import string
+
 from diffusers import (
+    AutoencoderDC,
     AutoencoderKLCogVideoX,
     AutoencoderKLLTXVideo,
     CogVideoXTransformer3DModel,
     LTXVideoTransformer3DModel,
     PixArtTransformer2DModel,
     PriorTransformer,
+    SanaTransformer2DModel,
     UNet2DConditionModel,
     VQModel,
 )
 from diffusers.pipelines.shap_e import ShapERenderer
-from transformers import CLIPTextModelWithProjection, T5EncoderModel
+from transformers import CLIPTextModelWithProjection, Gemma2Config, Gemma2Model, GemmaTokenizerFast, T5EncoderModel
 
 from .tiny import PROJECTION_DIM, clip_text_config, seeded, tiny_sdxl_vae
 from .tiny_flux import T5_D_MODEL, _t5_config
@@ -84,6 +88,7 @@ COGVIDEOX_NUM_FRAMES = 8  # (8 - 1) // 4 + 1 = 2 latent frames
 COGVIDEOX_TEXT_LENGTH = 16  # the transformer's max_text_seq_length = the pipeline's max_sequence_length
 LTX_NUM_FRAMES = 9  # 8 k + 1 frames: 3 latent frames with the VAE's temporal factor 4
 SHAP_E_EMBEDDING_DIM = 32  # the prior's latent: num_embeddings x embedding_dim = 32 x 32
+GEMMA_HIDDEN_SIZE = 8  # = the Sana transformer's caption_channels (diffusers' Sana Sprint fast test)
 KANDINSKY_EMBED_DIM = 32  # the image embedding width of diffusers' Kandinsky 2.2 fast tests (text_embedder_hidden_size)
 
 
@@ -277,4 +282,80 @@ def shap_e(scheduler) -> dict:
         "tokenizer": tokenizer,
         "scheduler": scheduler,
         "shap_e_renderer": renderer,
+    }
+
+
+def gemma_tokenizer():
+    """An offline ``GemmaTokenizerFast``: BPE without merges over ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3,
+    ``<mask>`` 4, the word-start marker ``▁`` and single ASCII letters, digits and punctuation, so every prompt is
+    spelled out character by character (diffusers' fast test loads hf-internal-testing/dummy-gemma from the hub)."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    pieces = ["▁", *string.ascii_letters, *string.digits, *".,!?'-:;()"]
+    return GemmaTokenizerFast(vocab={token: i for i, token in enumerate(specials + pieces)}, merges=[])
+
+
+def sana_sprint(scheduler, sample_size: int) -> dict:
+    """Sana Sprint's layout at diffusers' ``tests/pipelines/sana/test_sana_sprint.py`` sizes: a one-layer
+    SanaTransformer2DModel with a guidance embedding (2 heads of 4, patch 1), a two-block AutoencoderDC (x2, 4
+    latent channels) and a one-layer Gemma2 encoder of width 8 over :func:`gemma_tokenizer`. ``sample_size`` is the
+    latent side."""
+    tokenizer = gemma_tokenizer()
+    transformer = seeded_eval(
+        SEED,
+        lambda: SanaTransformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            out_channels=4,
+            num_layers=1,
+            num_attention_heads=2,
+            attention_head_dim=4,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=4,
+            cross_attention_dim=8,
+            caption_channels=GEMMA_HIDDEN_SIZE,
+            sample_size=sample_size,
+            qk_norm="rms_norm_across_heads",
+            guidance_embeds=True,
+        ),
+    )
+    vae = seeded_eval(
+        SEED + 1,
+        lambda: AutoencoderDC(
+            in_channels=3,
+            latent_channels=4,
+            attention_head_dim=2,
+            encoder_block_types=("ResBlock", "EfficientViTBlock"),
+            decoder_block_types=("ResBlock", "EfficientViTBlock"),
+            encoder_block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8),
+            encoder_qkv_multiscales=((), (5,)),
+            decoder_qkv_multiscales=((), (5,)),
+            encoder_layers_per_block=(1, 1),
+            decoder_layers_per_block=[1, 1],
+            downsample_block_type="conv",
+            upsample_block_type="interpolate",
+            decoder_norm_types="rms_norm",
+            decoder_act_fns="silu",
+            scaling_factor=0.41407,
+        ),
+    )
+    gemma_config = Gemma2Config(
+        head_dim=16,
+        hidden_size=GEMMA_HIDDEN_SIZE,
+        initializer_range=0.02,
+        intermediate_size=64,
+        max_position_embeddings=8192,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="eager",
+    )
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": scheduler,
+        "text_encoder": seeded_eval(SEED + 2, lambda: Gemma2Model(gemma_config)),
+        "tokenizer": tokenizer,
     }

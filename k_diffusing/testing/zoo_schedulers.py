@@ -194,3 +194,9 @@ def shap_e() -> dict:
         "clip_sample": True,
         "clip_sample_range": 1.0,
     }
+
+
+def sana_sprint() -> dict:
+    """Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers: SCMScheduler (sCM, TrigFlow prediction,
+    ``sigma_data`` 0.5); the pipeline passes ``max_timesteps`` and ``intermediate_timesteps`` to ``set_timesteps``."""
+    return {"num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": 0.5}

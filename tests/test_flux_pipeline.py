@@ -56,9 +56,15 @@ def comps():
     return tiny_flux_components()
 
 
-def _build(cls, comps, scheduler=None):
-    components = dict(comps) if scheduler is None else {**comps, "scheduler": scheduler}
-    pipe = cls(**components)
+def _build(cls, comps, scheduler=None, as_kscheduler=True):
+    """``cls`` on the components, with ``scheduler`` in place of theirs. A K pipeline gets it as a loaded KScheduler
+    (``KScheduler.from_scheduler``: its k-equivalent sampler), so that the checks below compare the K machinery with
+    the parent; ``as_kscheduler=False`` loads the scheduler itself, with which a call without K options is the
+    parent's own (tests/test_parent_default.py)."""
+    scheduler = comps["scheduler"] if scheduler is None else scheduler
+    if as_kscheduler and issubclass(cls, KFluxPipeline):
+        scheduler = k_scheduler.KScheduler.from_scheduler(scheduler)
+    pipe = cls(**{**comps, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -228,8 +234,9 @@ def heun_case(comps):
     """FlowMatchHeun (shift 3, FLUX's static config) driven by hand on the tiny transformer, as its docs show:
     ``for t in timesteps: x = step(v(x, t / 1000), t, x)``; and the same scheduler loaded in KFluxPipeline."""
     steps = 8
-    pipe = _build(KFluxPipeline, comps, FlowMatchHeunDiscreteScheduler(shift=3.0))
-    scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    heun = FlowMatchHeunDiscreteScheduler(shift=3.0)
+    pipe = _build(KFluxPipeline, comps, heun)
+    scheduler = FlowMatchHeunDiscreteScheduler.from_config(heun.config)
     scheduler.set_timesteps(steps)
     with torch.no_grad():
         embeds, pooled, text_ids = pipe.encode_prompt(PROMPT, prompt_2=None, max_sequence_length=MAX_SEQ)
@@ -275,7 +282,7 @@ def test_kflux_with_flowmatch_heun_scheduler_uses_its_own_sigmas(heun_case, comp
     case = heun_case
     n = case["steps"]
     with pytest.raises(ValueError, match="sigmas"):
-        _run(_build(FluxPipeline, comps, case["pipe"].scheduler), steps=n)
+        _run(_build(FluxPipeline, comps, case["scheduler"]), steps=n)
     assert case["pipe_calls"].calls == 2 * n - 1
     for ours, theirs in zip(case["pipe_calls"].timesteps, case["loop_calls"].timesteps):
         assert torch.equal(ours, theirs)
@@ -319,7 +326,7 @@ def test_stochastic_flowmatch_euler_default_matches_native():
     torch.manual_seed(0)  # FluxPipeline gives the scheduler's step no generator: its noise is the global RNG's
     theirs = _run(parent, latents=z)
     assert _diff(_run(pipe, latents=z, sampler="lcm"), theirs) == 0.0  # the equivalent sampler, seed for seed
-    assert _diff(_run(pipe, latents=z), theirs) <= EULER_TOL
+    assert _diff(_run(_build(KFluxPipeline, pipe.components), latents=z), theirs) <= EULER_TOL  # its k-equivalent
 
 
 # --- 2. analytic transformer in the real pipeline: exact flow and data moments -------------------------------------
@@ -472,7 +479,7 @@ def _bf16_ulp(x: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def bf16_pipes():
     ours = _build(KFluxPipeline, tiny_flux_components()).to(torch.bfloat16)  # own components: .to() casts in place
-    theirs = _build(FluxPipeline, ours.components)
+    theirs = _build(FluxPipeline, ours.components, _euler_scheduler())  # the scheduler ours wraps
     return ours, theirs
 
 
@@ -725,15 +732,15 @@ def test_scheduler_is_not_mutated(comps, make_scheduler):
     accepts_mu = "mu" in inspect.signature(scheduler.set_timesteps).parameters
     scheduler.set_timesteps(3, **({"mu": 0.5} if accepts_mu else {}))  # give it some state
     config, state = dict(scheduler.config), snapshot(scheduler)
-    pipe = _build(KFluxPipeline, comps, scheduler)
-    _run(pipe, steps=5, size=64)  # 1024 tokens: mu = 0.63, exp(mu) = 1.88 != flow_shift 3
+    pipe = _build(KFluxPipeline, comps, scheduler, as_kscheduler=False)
+    _run(pipe, steps=5, size=64, check_finite=True)  # 1024 tokens: mu = 0.63, exp(mu) = 1.88 != flow_shift 3
     _run(pipe, steps=4, sampler="DPM++ 2M Karras")
     assert pipe.scheduler is scheduler and dict(scheduler.config) == config
     assert same_snapshot(snapshot(scheduler), state)
 
 
 def test_save_pretrained_loads_in_plain_diffusers(comps, tmp_path):
-    _build(KFluxPipeline, comps).save_pretrained(tmp_path, safe_serialization=True)
+    _build(KFluxPipeline, comps, as_kscheduler=False).save_pretrained(tmp_path, safe_serialization=True)
     assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
     ours = KFluxPipeline.from_pretrained(tmp_path)
     plain = DiffusionPipeline.from_pretrained(tmp_path)

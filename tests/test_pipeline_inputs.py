@@ -105,10 +105,18 @@ BAD_INPUTS = [
     ({"true_cfg_scale": 2.0}, TypeError, r"unexpected keyword argument\(s\) \['true_cfg_scale'\]", "sdxl"),
     ({"guidance_rescale": 0.5}, TypeError, r"unexpected keyword argument\(s\) \['guidance_rescale'\]", "flux"),
     ({"num_inference_step": 4}, TypeError, r"\['num_inference_step'\]\. Did you mean 'num_inference_steps'\?"),
-    ({"height": 0}, ValueError, r"height must be a positive multiple of \d+ \(pixels\) or None, got 0"),
-    ({"height": -32}, ValueError, r"height must be a positive multiple of \d+ .* got -32"),
-    ({"width": 31}, ValueError, r"width must be a positive multiple of \d+ \(pixels\) or None, got 31"),
-    ({"width": 32.0}, TypeError, r"width must be a positive multiple .* got 32.0 \(float\)"),
+    # sizes: SDXL's check_inputs refuses non-multiples of 8 (early too); FluxPipeline rounds any size down to a
+    # multiple of 2 vae_scale_factor (2 here) with a warning, so only sizes that round to nothing are refused
+    ({"height": 0}, ValueError, r"height must be a positive multiple of 8 \(pixels\) or None, got 0", "sdxl"),
+    ({"height": 0}, ValueError, r"height must be an int >= 2 \(pixels; the parent rounds it down to a multiple of "
+                                r"2\) or None, got 0", "flux"),
+    ({"height": -32}, ValueError, r"height must be (a positive multiple of|an int >=) \d+ .* got -32"),
+    ({"width": 31}, ValueError, r"width must be a positive multiple of 8 \(pixels\) or None, got 31", "sdxl"),
+    ({"width": 1}, ValueError, r"width must be an int >= 2 .* got 1", "flux"),
+    ({"width": 32.0}, TypeError, r"width must be (a positive multiple|an int >=) .* got 32.0 \(float\)"),
+    # eta: the parents pass it to a scheduler whose step takes it (DDIM) and drop it for the others (SDXL's Euler)
+    ({"eta": 0.3}, ValueError, r"eta=0.3 is used only by schedulers whose step takes eta .* "
+                               r"EulerDiscreteScheduler ignores it", "sdxl"),
     ({"prompt": []}, ValueError, r"prompt must be a string or a non-empty list of strings .* got \[\]"),
     ({"prompt": 7}, TypeError, r"prompt must be a string or a non-empty list of strings .* got 7"),
     ({"prompt": ["a", "b"], "negative_prompt": ["x"], "guidance_scale": 5.0, "true_cfg_scale": 2.0}, ValueError,
@@ -325,3 +333,19 @@ def test_functional_samplers_refuse_bad_sigmas(model, sigmas, message, sampler):
     with pytest.raises(ValueError, match=message):
         getattr(sampling, sampler)(counted, torch.zeros(1, 2), torch.tensor(sigmas, dtype=torch.float64))
     assert not calls
+
+
+@pytest.mark.parametrize("custom", [{"sigmas": [14.6, 1.0, 0.0]}, {"timesteps": [999, 500]}],
+                         ids=lambda c: next(iter(c)))
+def test_a_custom_schedule_the_loaded_scheduler_cannot_take_is_refused_early(pipes, custom, monkeypatch):
+    """Without K options the loaded scheduler runs (PNDM here); the parent refuses custom sigmas / timesteps it
+    cannot take only after the prompt is encoded (``retrieve_timesteps``), the K pipeline before any network."""
+    from diffusers import PNDMScheduler
+
+    pipe = KSDXLPipeline(**{**pipes[0].components, "scheduler": PNDMScheduler.from_config(pipes[0].scheduler.config)})
+    counts = _no_model_calls(pipe, monkeypatch)
+    name = next(iter(custom))
+    with pytest.raises(ValueError, match=rf"{name}= needs a scheduler whose set_timesteps takes custom {name}; "
+                                         "PNDMScheduler does not"):
+        pipe(**SDXL, **custom)
+    assert not any(counts.values())

@@ -24,7 +24,7 @@ from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 import k_diffusing
 from k_diffusing import KSDXLPipeline, list_samplers
 from k_diffusing.sampling import sample_heun
-from k_diffusing.scheduler import UNPLANNABLE
+from k_diffusing.scheduler import UNPLANNABLE, KScheduler
 from k_diffusing.testing.state import same_snapshot, snapshot
 from k_diffusing.testing.tiny import (
     AnalyticUNet,
@@ -53,9 +53,15 @@ def comps():
     return tiny_sdxl_components()
 
 
-def _build(cls, comps, scheduler=None, **extra):
-    components = dict(comps) if scheduler is None else {**comps, "scheduler": scheduler}
-    pipe = cls(**components, add_watermarker=False, **extra)
+def _build(cls, comps, scheduler=None, as_kscheduler=True, **extra):
+    """``cls`` on the components, with ``scheduler`` in place of theirs. A K pipeline gets it as a loaded KScheduler
+    (``KScheduler.from_scheduler``: its k-equivalent sampler), so that the checks below compare the K machinery with
+    the parent; ``as_kscheduler=False`` loads the scheduler itself, with which a call without K options is the
+    parent's own (tests/test_parent_default.py)."""
+    scheduler = comps["scheduler"] if scheduler is None else scheduler
+    if as_kscheduler and issubclass(cls, KSDXLPipeline):
+        scheduler = KScheduler.from_scheduler(scheduler)
+    pipe = cls(**{**comps, "scheduler": scheduler}, add_watermarker=False, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -146,8 +152,6 @@ def test_default_sampler_matches_native_pipeline(comps, name, prediction_type, o
 def test_parity_check_can_fail(comps, monkeypatch):
     """Negative control: the initial noise scaled by the VE first sigma instead of DPMSolverMultistep's VP convention
     (a 0.23% error at the first sigma) must break the ROUNDOFF tolerance."""
-    from k_diffusing.scheduler import KScheduler
-
     scheduler = _scheduler("DPMSolverMultistepScheduler", use_karras_sigmas=True, final_sigmas_type="zero")
     theirs = _run(_build(StableDiffusionXLPipeline, comps, scheduler))
     monkeypatch.setattr(KScheduler, "_initial_scale", lambda self, own, sigma_0: sigma_0)
@@ -605,8 +609,8 @@ def test_scheduler_is_not_mutated(comps, name):
     scheduler = _scheduler(name)
     _run(_build(StableDiffusionXLPipeline, comps, scheduler), steps=3)  # give it some state (timesteps, step_index)
     config, state = dict(scheduler.config), snapshot(scheduler)
-    pipe = _build(KSDXLPipeline, comps, scheduler)
-    _run(pipe, steps=5)
+    pipe = _build(KSDXLPipeline, comps, scheduler, as_kscheduler=False)
+    _run(pipe, steps=5, check_finite=True)  # a K option without a sampler: the k-equivalent
     _run(pipe, steps=4, sampler="DPM++ 2M Karras")
     assert pipe.scheduler is scheduler
     assert dict(scheduler.config) == config
@@ -678,7 +682,7 @@ def test_brownian_samplers_do_not_warn(comps):
 
 
 def test_save_pretrained_loads_in_plain_diffusers(comps, tmp_path):
-    _build(KSDXLPipeline, comps).save_pretrained(tmp_path, safe_serialization=True)
+    _build(KSDXLPipeline, comps, as_kscheduler=False).save_pretrained(tmp_path, safe_serialization=True)
     ours = KSDXLPipeline.from_pretrained(tmp_path)
     plain = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(ours) is KSDXLPipeline and type(plain) is StableDiffusionXLPipeline

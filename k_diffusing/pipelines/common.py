@@ -1,5 +1,6 @@
-"""What the K pipelines share: the parent's own ``__call__`` run with a :class:`~k_diffusing.scheduler.KScheduler` in
-place of the loaded scheduler, the checks made before it, the call's signature, and saving under the parent's name."""
+"""What the K pipelines share: the parent's own ``__call__``, run with the loaded scheduler untouched when the call
+gives no K option and with a :class:`~k_diffusing.scheduler.KScheduler` in its place when it does, the checks made
+before it, the call's signature, and saving under the parent's name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import json
 import math
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -14,9 +16,10 @@ import numpy as np
 import torch
 
 from .. import seeding
-from ..scheduler import KScheduler
+from ..geometry import FLOW, VE, Geometry
+from ..scheduler import KScheduler, is_flow_config
 from .arguments import check_call_arguments, check_known
-from .checks import check_latents, check_sigmas, check_size, check_steps
+from .checks import check_latents, check_sigmas, check_steps
 
 
 def diffusers_parent(cls: type) -> type:
@@ -76,6 +79,90 @@ def _accepted_keywords(parent: inspect.Signature) -> list[str]:
 # The legacy callback arguments StableDiffusion(XL)Pipeline.__call__ still pops from its **kwargs (deprecated in
 # diffusers for callback_on_step_end); any other name there would be dropped silently, so it is refused.
 LEGACY_CALLBACK_KEYWORDS = ("callback", "callback_steps")
+
+# The K options: a call's extra arguments with the value that means "not given". A call that gives none of them runs
+# the parent with its loaded scheduler untouched; any one of them (a sampler, a schedule, sampler options, the seed
+# modes, quantized timesteps, the NaN check) needs a KScheduler, so it starts the K machinery.
+K_OPTION_DEFAULTS = {"sampler": None, "sigma_schedule": None, "sampler_kwargs": None, "quantize_timesteps": None,
+                     "check_finite": False, "noise": "diffusers", "seed": None, "noise_options": None}
+
+
+def given_k_options(values: dict) -> list[str]:
+    """The names of the K options in ``values`` that are given a value other than their default (``None``, ``False``
+    for ``check_finite``, ``"diffusers"`` for ``noise``); an empty ``sampler_kwargs={}`` counts as given."""
+    given = []
+    for name, value in values.items():
+        default = K_OPTION_DEFAULTS[name]
+        if not (value is default or (isinstance(value, str) and value == default)):
+            given.append(name)
+    return given
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """What a parent pipeline does with an image ``height`` or ``width`` (pixels): it requires a multiple of
+    ``multiple`` (``rounds`` False: its ``check_inputs`` raises for any other size), or it rounds any size down to a
+    multiple of ``multiple`` (``rounds`` True: FluxPipeline warns "Dimensions will be resized accordingly"), so
+    that the least size it renders is ``multiple``. ``multiple`` 1: any positive size (FluxKontextPipeline keeps
+    only the aspect ratio)."""
+
+    multiple: int
+    rounds: bool
+
+    def accepted(self) -> str:
+        if self.multiple == 1:
+            return "a positive int (pixels) or None"
+        if self.rounds:
+            return (f"an int >= {self.multiple} (pixels; the parent rounds it down to a multiple of {self.multiple}) "
+                    "or None")
+        return f"a positive multiple of {self.multiple} (pixels) or None"
+
+    def check(self, name: str, value) -> None:
+        """Refuse a size the parent fails on (not an int, below ``multiple``: no latent pixel) or, when it does not
+        round, refuses itself; None is the parent's default. The parents replace 0 by their default without a word,
+        which is refused too."""
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be {self.accepted()}, got {value!r} ({type(value).__name__})")
+        if value < self.multiple or (not self.rounds and value % self.multiple):
+            raise ValueError(f"{name} must be {self.accepted()}, got {value}")
+
+
+def _geometry(scheduler) -> Geometry:
+    """The noise geometry a scheduler's sigmas live in (a loaded scheduler's: flow for the FlowMatch family and
+    schedulers configured with flow sigmas, else VE)."""
+    if isinstance(scheduler, KScheduler):
+        return scheduler.geometry
+    return FLOW if is_flow_config(type(scheduler).__name__, scheduler.config) else VE
+
+
+def _check_custom_schedule(call: dict, scheduler, parent: type) -> None:
+    """Custom ``timesteps`` / ``sigmas``: one of them, and only where the scheduler's ``set_timesteps`` takes it (the
+    parents' ``retrieve_timesteps`` rules, which they apply only after the prompt is encoded); the sigmas must be a
+    schedule of the scheduler's geometry. The FLUX-family parents pass sigmas (``linspace(1, 1 / n, n)``) to every
+    scheduler, so one that takes none fails there (FlowMatchHeun), as it does in the parent."""
+    takes = inspect.signature(scheduler.set_timesteps).parameters
+    if _passes_sigmas(parent) and "sigmas" not in takes:
+        raise ValueError(f"{parent.__name__} passes sigmas to its scheduler's set_timesteps, which "
+                         f"{type(scheduler).__name__} does not take (the parent fails there after encoding the "
+                         "prompt): pass a sampler (the KScheduler runs on that scheduler's own sigmas) or load a "
+                         "scheduler that takes sigmas")
+    custom = [name for name in ("timesteps", "sigmas") if call.get(name) is not None]
+    if len(custom) == 2:
+        raise ValueError("timesteps and sigmas both choose the schedule; pass one")
+    for name in custom:
+        if name not in takes:
+            raise ValueError(f"{name}= needs a scheduler whose set_timesteps takes custom {name}; "
+                             f"{type(scheduler).__name__} does not: load one that does, or pass a sampler (a "
+                             "KScheduler takes both)")
+    if call.get("sigmas") is not None:
+        check_sigmas(call["sigmas"], _geometry(scheduler))
+
+
+def _passes_sigmas(parent: type) -> bool:
+    """Whether the parent pipeline passes its own default ``sigmas`` to ``set_timesteps`` (the FLUX family)."""
+    return parent.__module__.startswith("diffusers.pipelines.flux.")
 
 
 class _Capture:
@@ -142,6 +229,19 @@ def _check_seed_arguments(mode: seeding.SeedMode, seed, call: dict) -> None:
                          "one or the other")
 
 
+def _check_eta(eta, scheduler) -> None:
+    """A nonzero ``eta`` (the parents' DDIM option) needs a scheduler whose ``step`` takes it: the parents pass it
+    only to such a scheduler and drop it without a word for the others; a KScheduler takes the sampler's ``eta`` in
+    ``sampler_kwargs``."""
+    if not eta:
+        return
+    if isinstance(scheduler, KScheduler):
+        raise ValueError(f"eta={eta} is a DDIM scheduler option; pass sampler_kwargs={{'eta': {eta}}} instead")
+    if "eta" not in inspect.signature(scheduler.step).parameters:
+        raise ValueError(f"eta={eta} is used only by schedulers whose step takes eta (DDIM, DDPM-style); "
+                         f"{type(scheduler).__name__} ignores it: drop eta, or load such a scheduler")
+
+
 def _keywords(bound: inspect.BoundArguments) -> dict:
     """The bound call as keyword arguments (the parent's ``**kwargs`` spread out)."""
     out = {}
@@ -169,15 +269,23 @@ class SavesAsParent:
 
 
 class KPipelineMixin(SavesAsParent):
-    """Mixin for the K pipelines: a call is the parent's own ``__call__`` with a :class:`KScheduler` as its scheduler.
+    """Mixin for the K pipelines: a call is the parent's own ``__call__``, with a :class:`KScheduler` as its scheduler
+    when the call gives a K option.
 
-    The KScheduler wraps the loaded scheduler (:meth:`KScheduler.from_scheduler`: a copy of it computes the schedule;
-    ``sampler=None`` runs its k-equivalent) and is put in place for the call only, in the instance's ``__dict__``, so
-    the pipeline's config and its ``scheduler`` component are untouched. A loaded KScheduler is used as it is when
-    no sampler option is given. The call's ``generator``, when given, is bound to the KScheduler (``set_generator``)
-    for the pipelines whose loop gives ``step`` none (FluxPipeline). After the call, ``pipe.k_sigmas`` holds its sampler
-    sigmas (float64 CPU, ``num_inference_steps + 1`` values), as a parent pipeline's ``scheduler.sigmas`` keeps its
-    last schedule.
+    Without a K option (:data:`K_OPTION_DEFAULTS`: no ``sampler``, ``sigma_schedule``, ``sampler_kwargs``,
+    ``quantize_timesteps``, ``check_finite``, seed mode) the call is the parent's, with the loaded scheduler object
+    as it is (any class, a subclass, a patched ``step``): the output is the parent's, bit for bit. Only the
+    argument checks run first (:meth:`_check_call`), and they refuse only what the parent fails on late or
+    ignores without a word. A loaded KScheduler is a K option already chosen: it runs as it is.
+
+    With a K option the KScheduler wraps the loaded scheduler (:meth:`KScheduler.from_scheduler`: a copy of it
+    computes the schedule; ``sampler=None`` runs its k-equivalent, which exists for the schedulers listed in
+    :mod:`k_diffusing.pipelines.schedulers`) and is put in place for the call only, in the instance's ``__dict__``,
+    so the pipeline's config and its ``scheduler`` component are untouched. The call's ``generator``, when given, is
+    bound to the KScheduler (``set_generator``) for the pipelines whose loop gives ``step`` none (FluxPipeline).
+    After the call, ``pipe.k_sigmas`` holds its sampler sigmas (float64 CPU, ``num_inference_steps + 1`` values), as
+    a parent pipeline's ``scheduler.sigmas`` keeps its last schedule; None after a call without the K machinery
+    (``pipe.scheduler.sigmas`` then has them).
 
     Text-to-image subclasses give ``latent_shape(images, height, width) -> (shape, axes)`` for the check of user
     ``latents``, and ``noise_layout(images, height, width) -> (shape, pack)`` for the seed modes: the shape the
@@ -203,12 +311,16 @@ class KPipelineMixin(SavesAsParent):
 
     def k_call(self, args: tuple, kwargs: dict, noise: str = "diffusers", seed=None, noise_options: dict | None = None,
                **options):
-        """Check the call, then run the parent's ``__call__(*args, **kwargs)`` with the KScheduler ``options``
-        (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ...) describe, in the seed mode ``noise``. Under
-        :meth:`validate`, return None once everything is checked."""
+        """Check the call, then run the parent's ``__call__(*args, **kwargs)``: with the loaded scheduler untouched
+        when no K option is given, else with the KScheduler ``options`` (``sampler``, ``sigma_schedule``,
+        ``sampler_kwargs``, ...) describe, in the seed mode ``noise``. Under :meth:`validate`, return None once
+        everything is checked."""
         scheduler, args, kwargs, capture = self._prepare(args, kwargs, noise, seed, noise_options, options)
         if self.__dict__.get("_k_validate_only"):
             return None
+        if scheduler is None:
+            self.k_sigmas = None
+            return super().__call__(*args, **kwargs)
         hook = None if capture is None else self._network().register_forward_hook(capture)
         loaded = self.scheduler
         self.__dict__["scheduler"] = scheduler
@@ -235,9 +347,10 @@ class KPipelineMixin(SavesAsParent):
 
     def _prepare(self, args: tuple, kwargs: dict, noise: str, seed, noise_options: dict | None, options: dict):
         """Every check of a call, in the order a user's mistakes are most clearly named, then the call's set-up:
-        ``(scheduler, args, kwargs, capture)``, ``capture`` the CFG++ forward hook to register (or None). The
-        scheduler's schedule is set here once (a dry run of what the parent's loop sets), so a schedule the model
-        cannot use is refused before the prompt is encoded."""
+        ``(scheduler, args, kwargs, capture)``, ``capture`` the CFG++ forward hook to register (or None);
+        ``scheduler`` None when the call gives no K option and the loaded scheduler is not a KScheduler (the parent
+        runs as it is). The KScheduler's schedule is set here once (a dry run of what the parent's loop sets), so a
+        schedule the model cannot use is refused before the prompt is encoded."""
         mode = seeding.seed_mode(noise, noise_options)
         parent = _parent_signature(diffusers_parent(type(self)))
         check_known(kwargs, _accepted_keywords(parent), f"{type(self).__name__}.__call__")
@@ -246,7 +359,11 @@ class KPipelineMixin(SavesAsParent):
         call = bound.arguments
         check_call_arguments(_keywords(bound))  # the KScheduler checks its own options when it is built
         _check_seed_arguments(mode, seed, call)
-        if isinstance(self.scheduler, KScheduler) and not any(options.values()) and not mode.seeded:
+        given = given_k_options({**options, "noise": noise, "seed": seed, "noise_options": noise_options})
+        if not given and not isinstance(self.scheduler, KScheduler):
+            self._check_call(call, self.scheduler)
+            return None, args, kwargs, None
+        if isinstance(self.scheduler, KScheduler) and not given:
             scheduler = self.scheduler
         else:
             scheduler = KScheduler.from_scheduler(self.scheduler, **options, noise=mode.name,
@@ -274,7 +391,7 @@ class KPipelineMixin(SavesAsParent):
         compute it)."""
         arguments = {k: call[k] for k in ("timesteps", "sigmas") if call.get(k) is not None}
         config = scheduler.base.config
-        if not arguments and diffusers_parent(type(self)).__module__.startswith("diffusers.pipelines.flux."):
+        if not arguments and _passes_sigmas(diffusers_parent(type(self))):
             if not config.get("use_flow_sigmas", False):  # the FLUX pipelines' default sigmas
                 steps = check_steps(call["num_inference_steps"])
                 arguments["sigmas"] = np.linspace(1.0, 1 / steps, steps)
@@ -360,29 +477,28 @@ class KPipelineMixin(SavesAsParent):
         return call
 
     @property
-    def size_multiple(self) -> int:
-        """Image heights and widths must be multiples of this many pixels: the latent cell (``vae_scale_factor``),
-        times 2 for the transformer pipelines' 2x2 patches (FLUX's packing, SD3's ``patch_size`` 2), and a multiple
-        of 8 for the UNet pipelines, whose ``check_inputs`` require it. FluxPipeline only warns and rounds down."""
+    def size_rule(self) -> SizeRule:
+        """The parent's rule for image heights and widths. The UNet pipelines (SD, SDXL, SDXL inpainting) refuse
+        sizes that are not multiples of 8 in ``check_inputs``; a multiple of ``vae_scale_factor`` too is required
+        here (the latent cell, 8 in every released VAE). The FLUX pipelines round sizes down to a multiple of
+        ``2 vae_scale_factor`` (the latent cell times FLUX's 2x2 packing) with a warning, and render that size.
+        Subclasses whose parents differ override this (SD3, SDXL ControlNet, FLUX Kontext)."""
         if getattr(self, "transformer", None) is not None:
-            return 2 * self.vae_scale_factor
-        return math.lcm(8, self.vae_scale_factor)
+            return SizeRule(2 * self.vae_scale_factor, rounds=True)
+        return SizeRule(math.lcm(8, self.vae_scale_factor), rounds=False)
 
-    def _check_call(self, call: dict, scheduler: KScheduler) -> None:
-        """The refusals that depend on the call or the model, which the parent makes late (after encoding the
-        prompt) or not at all: nonzero ``eta`` (a DDIM option that KScheduler has no use for), the step count, custom
-        ``sigmas``, sizes, prompt lists of another length than ``prompt``, a negative prompt no branch of the call
-        uses, user ``latents`` and a list of generators of the wrong length."""
-        if call.get("eta"):
-            raise ValueError(f"eta={call['eta']} is a DDIM scheduler option; pass sampler_kwargs={{'eta': "
-                             f"{call['eta']}}} instead")
-        sigmas = call.get("sigmas")
-        if call.get("timesteps") is None and sigmas is None:
+    def _check_call(self, call: dict, scheduler) -> None:
+        """The refusals that depend on the call, the model or the ``scheduler`` that runs it (a KScheduler, or the
+        loaded one when the call gives no K option), which the parent makes late (after encoding the prompt) or not
+        at all: nonzero ``eta`` where the scheduler has no use for it, the step count, custom ``timesteps`` and
+        ``sigmas``, sizes (:attr:`size_rule`), prompt lists of another length than ``prompt``, a negative prompt no
+        branch of the call uses, user ``latents`` and a list of generators of the wrong length."""
+        _check_eta(call.get("eta"), scheduler)
+        if call.get("timesteps") is None and call.get("sigmas") is None:
             check_steps(call["num_inference_steps"])
-        if sigmas is not None:
-            check_sigmas(sigmas, scheduler.geometry)
+        _check_custom_schedule(call, scheduler, diffusers_parent(type(self)))
         for name in ("height", "width"):
-            check_size(name, call.get(name), self.size_multiple)
+            self.size_rule.check(name, call.get(name))
         prompts = _prompts(call)
         if prompts is None:
             return
@@ -401,12 +517,13 @@ class KPipelineMixin(SavesAsParent):
             raise ValueError(f"generator must be one torch.Generator, or a list of one per image ({images}), got a "
                              f"list of {len(generator)}")
 
-    def _check_negative_prompt(self, call: dict, scheduler: KScheduler) -> None:
+    def _check_negative_prompt(self, call: dict, scheduler) -> None:
         """A non-empty ``negative_prompt`` needs a call that runs the unconditional branch, which the parents skip
         without a word: classifier-free guidance (``guidance_scale > 1`` on a model without an embedded guidance
-        scale) or FLUX's true CFG (``true_cfg_scale > 1``); a CFG++ sampler runs it at any scale."""
+        scale) or FLUX's true CFG (``true_cfg_scale > 1``); a CFG++ sampler (a KScheduler's) runs it at any scale."""
         negative = [call.get(name) for name in ("negative_prompt", "negative_prompt_2")]
-        if not any(_has_text(value) for value in negative) or scheduler.needs_uncond:
+        cfg_pp = isinstance(scheduler, KScheduler) and scheduler.needs_uncond
+        if not any(_has_text(value) for value in negative) or cfg_pp:
             return
         if "true_cfg_scale" in call:
             scale, needed = "true_cfg_scale", "true_cfg_scale > 1 (FluxPipeline's true CFG)"

@@ -1,8 +1,10 @@
 """KFluxPipeline: diffusers' FluxPipeline running a k-sampler in flow geometry through :class:`~k_diffusing.scheduler.
 KScheduler`.
 
-A call is the parent's own ``__call__``, unchanged, with a KScheduler in place of the loaded scheduler for that call
-(:class:`~k_diffusing.pipelines.common.KPipelineMixin`): T5 + CLIP prompt encoding, packed latents and image ids, the
+A call is the parent's own ``__call__``, unchanged (:class:`~k_diffusing.pipelines.common.KPipelineMixin`): without a
+K option it runs the loaded scheduler itself (the parent's output bit for bit, for the same ``height``, ``width`` and
+``max_sequence_length``: the defaults below follow the model's own VAE and tokenizer, which are FluxPipeline's for
+FLUX.1), with one a KScheduler in its place for that call. T5 + CLIP prompt encoding, packed latents and image ids, the
 resolution-dependent shift ``mu``, the FLUX-dev guidance embedding (None for schnell), true CFG with negative
 prompts, IP-adapter embeddings, callbacks, ``interrupt``, the progress bar and decoding are the parent's. Every
 sampler is correct here: the geometry is flow (``x = (1 - sigma) x0 + sigma eps``) and the samplers derive their
@@ -39,12 +41,16 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
     def __call__(self, *args, sampler: str | Callable | None = None, sigma_schedule: str | None = None,
                  sampler_kwargs: dict[str, Any] | None = None, check_finite: bool = False, noise: str = "diffusers",
                  seed: int | list[int] | None = None, noise_options: dict | None = None, **kwargs):
-        r"""The parent's ``__call__`` (same arguments, same meaning, same loop) with a k-sampler as the scheduler.
+        r"""The parent's ``__call__`` (same arguments, same meaning, same loop) with a k-sampler as the scheduler
+        when any of the extra arguments below is given (the K options); without them the parent's call with the
+        loaded scheduler (any class, a subclass, a patched ``step``), bit for bit.
 
         Extra arguments:
-            sampler: a registry name, an A1111 name or a sampler function; ``None``: the k-sampler equivalent to the
-                loaded scheduler (FlowMatchEuler -> euler, FlowMatchHeun -> heun, DPMSolverMultistep / UniPC in flow
-                mode -> dpmpp_2m / uni_pc), so the default output is the parent's.
+            sampler: a registry name, an A1111 name or a sampler function; ``None`` with another K option: the
+                k-sampler equivalent to the loaded scheduler (FlowMatchEuler -> euler, FlowMatchHeun -> heun,
+                DPMSolverMultistep / UniPC in flow mode -> dpmpp_2m / uni_pc); with no K option, the loaded
+                scheduler itself (FlowMatchHeun, which takes no ``sigmas``, then fails as in the parent, and is
+                refused before the prompt is encoded; pass ``sampler="heun"``).
             sigma_schedule: a schedule of :mod:`k_diffusing.schedules` over the model's shifted flow sigma table
                 (``simple`` equals the parent's default spacing; ``karras``, ``exponential``, ``beta``,
                 ``kl_optimal`` ... as ComfyUI applies them to FLUX). ``None``: the scheduler's own (shifted) sigmas.
@@ -63,9 +69,13 @@ class KFluxPipeline(KPipelineMixin, FluxPipeline):
         ``step`` none), the sampler's noise. ``scheduler.timesteps`` lists every model call (about ``2 n`` for a
         two-call sampler such as heun), and the parent's loop, progress bar and ``callback_on_step_end`` go by them.
 
+        ``height`` and ``width`` are rounded down to multiples of ``2 vae_scale_factor`` as the parent rounds them
+        (with its warning): ``width=57`` renders 48 wide with FLUX.1's ``vae_scale_factor`` 8.
+
         Refused before any model call (text encoders included), with a message naming the value and what is
         accepted: an unknown sampler or schedule name (closest valid one suggested), sampler options the sampler does
-        not take, ``num_inference_steps`` that is not an int >= 1 (unless ``sigmas`` are given), ``sigmas`` that are
+        not take, ``height`` / ``width`` below ``2 vae_scale_factor`` (nothing left to render) or not an int,
+        ``num_inference_steps`` that is not an int >= 1 (unless ``sigmas`` are given), ``sigmas`` that are
         not a finite non-increasing 1-D sequence in [0, 1], ``latents`` that are not a floating-point tensor of the
         packed shape ``(batch * num_images_per_prompt, (height / 16) * (width / 16), in_channels)`` (16 = 2 x
         FLUX's vae_scale_factor; any float dtype, cast as the parent casts it) and a list of generators that is not

@@ -1,10 +1,12 @@
 """KSDXLPipeline: diffusers' StableDiffusionXLPipeline running a k-sampler through :class:`~k_diffusing.scheduler.
 KScheduler`.
 
-A call is the parent's own ``__call__``, unchanged, with a KScheduler in place of the loaded scheduler for that call
-(:class:`~k_diffusing.pipelines.common.KPipelineMixin`): prompt encoding (both CLIPs, clip_skip, LoRA scale),
-micro-conditioning, IP-adapter embeddings, guidance and its rescale, ``denoising_end``, callbacks, ``interrupt``,
-the progress bar, decoding, loading, saving and offloading are the parent's. The pipeline's ``scheduler`` is read,
+A call is the parent's own ``__call__``, unchanged (:class:`~k_diffusing.pipelines.common.KPipelineMixin`). Without a
+K option (``sampler``, ``sigma_schedule``, ``sampler_kwargs``, ``quantize_timesteps``, ``check_finite``, a seed mode)
+it runs the loaded scheduler itself and its output is the parent's, bit for bit; with one, a KScheduler takes the
+loaded scheduler's place for that call. Prompt encoding (both CLIPs, clip_skip, LoRA scale), micro-conditioning,
+IP-adapter embeddings, guidance and its rescale, ``denoising_end``, callbacks, ``interrupt``, the progress bar,
+decoding, loading, saving and offloading are the parent's. With a K option the pipeline's ``scheduler`` is read,
 never changed.
 """
 
@@ -24,13 +26,17 @@ class KSDXLPipeline(KPipelineMixin, StableDiffusionXLPipeline):
                  sampler_kwargs: dict[str, Any] | None = None, quantize_timesteps: bool | None = None,
                  check_finite: bool = False, noise: str = "diffusers", seed: int | list[int] | None = None,
                  noise_options: dict | None = None, **kwargs):
-        r"""The parent's ``__call__`` (same arguments, same meaning, same loop) with a k-sampler as the scheduler.
+        r"""The parent's ``__call__`` (same arguments, same meaning, same loop) with a k-sampler as the scheduler
+        when any of the extra arguments below is given (the K options). Without them the call is the parent's with
+        the loaded scheduler (any class, a subclass, a patched ``step``: PNDM, TCD, ...), bit for bit, after the
+        checks listed under "Refused" that apply to it.
 
         Extra arguments:
             sampler: a registry name (``"dpmpp_2m"``), an A1111 name (``"DPM++ 2M Karras"``, whose schedule suffix
                 applies unless ``sigma_schedule`` is given) or a sampler function ``f(model, x, sigmas, ...)``.
-                ``None``: the k-sampler equivalent to the loaded scheduler (EulerDiscrete -> euler, ...), so the
-                default output is the parent's.
+                ``None`` with another K option: the k-sampler equivalent to the loaded scheduler (EulerDiscrete ->
+                euler, ...; a scheduler without one is refused there); ``None`` with no K option: the loaded
+                scheduler itself. A loaded KScheduler is a sampler already chosen: it runs as it is.
             sigma_schedule: a schedule name of :mod:`k_diffusing.schedules` over the UNet's sigma table. ``None``: the
                 loaded scheduler's own sigmas (its spacing and Karras/exponential/beta flags).
             sampler_kwargs: the sampler's options (``eta``, ``s_noise``, ``order``, ...); unknown ones raise.
@@ -54,9 +60,12 @@ class KSDXLPipeline(KPipelineMixin, StableDiffusionXLPipeline):
 
         Refused before any model call, with a message naming the value and what is accepted: an unknown sampler or
         schedule name (closest valid one suggested), sampler options the sampler does not take, a nonzero ``eta``
-        (a DDIM option in the parent: pass ``sampler_kwargs={"eta": ...}``), ``num_inference_steps`` that is not an
-        int >= 1 (unless ``timesteps`` or ``sigmas`` are given), ``sigmas`` that are not a finite non-increasing 1-D
-        sequence ending at or above 0, ``latents`` that are not a floating-point tensor of shape
+        with a K option (a DDIM option in the parent: pass ``sampler_kwargs={"eta": ...}``) or, without one, with a
+        loaded scheduler whose ``step`` takes no ``eta`` (the parent drops it), ``height`` / ``width`` that are not
+        positive multiples of 8 (the parent refuses them too), ``num_inference_steps`` that is not an int >= 1
+        (unless ``timesteps`` or ``sigmas`` are given), custom ``timesteps`` / ``sigmas`` that the loaded
+        scheduler's ``set_timesteps`` does not take (without a K option), ``sigmas`` that are not a finite
+        non-increasing 1-D sequence ending at or above 0, ``latents`` that are not a floating-point tensor of shape
         ``(batch * num_images_per_prompt, in_channels, height / 8, width / 8)`` (any float dtype: they are cast to
         the dtype the parent draws its noise in), a list of generators that is not one per image, an unknown
         ``noise`` mode or ``noise_options`` entry (or a bad value of one), ``seed`` with ``noise="diffusers"``, and

@@ -1,10 +1,11 @@
 """K versions of the other common diffusers pipelines: each is the parent plus :class:`~k_diffusing.scheduler.
 KScheduler`, with the extra call arguments of :class:`~k_diffusing.pipelines.sdxl.KSDXLPipeline` (``sampler``,
 ``sigma_schedule``, ``sampler_kwargs``, ``check_finite``, ``noise``, ``seed``, ``noise_options``, and
-``quantize_timesteps`` for discrete models). In the seed modes these pipelines give the parent the generators that
-draw the program's initial noise (the NV source and variation seeds need KSDXLPipeline or KFluxPipeline); for the
-FLUX variants the per-step noise is drawn in the packed layout, so only KFluxPipeline reproduces a program's
-per-step noise on FLUX.
+``quantize_timesteps`` for discrete models). A call that gives none of them is the parent's, with the loaded
+scheduler itself; one that gives any runs a KScheduler. Sizes follow the parent's rule (``size_rule``). In the seed
+modes these pipelines give the parent the generators that draw the program's initial noise (the NV source and
+variation seeds need KSDXLPipeline or KFluxPipeline); for the FLUX variants the per-step noise is drawn in the packed
+layout, so only KFluxPipeline reproduces a program's per-step noise on FLUX.
 
 Every diffusers pipeline also runs a k-sampler with ``pipe.scheduler = KScheduler.from_config(pipe.scheduler.config,
 sampler=...)``; these classes only give the names users look for and the per-call choice of sampler.
@@ -26,7 +27,7 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
 )
 
-from .common import KPipelineMixin, call_signature
+from .common import KPipelineMixin, SizeRule, call_signature
 
 
 def k_call(parent: type) -> Callable:
@@ -41,8 +42,8 @@ def k_call(parent: type) -> Callable:
                            check_finite=check_finite)
 
     __call__.__doc__ = (f"``{parent.__name__}.__call__`` (same arguments, same loop) with a k-sampler as the "
-                        "scheduler; the extra arguments are KSDXLPipeline's (``quantize_timesteps``: discrete models "
-                        "only).")
+                        "scheduler when an extra argument is given, else with the loaded scheduler as in the parent; "
+                        "the extra arguments are KSDXLPipeline's (``quantize_timesteps``: discrete models only).")
     __call__.__signature__ = call_signature(parent.__call__, __call__)
     return __call__
 
@@ -70,11 +71,22 @@ class KSDXLControlNetPipeline(KPipelineMixin, StableDiffusionXLControlNetPipelin
 
     __call__ = k_call(StableDiffusionXLControlNetPipeline)
 
+    @property
+    def size_rule(self) -> SizeRule:
+        """The parent resizes the control image to ``height`` x ``width`` rounded down to a multiple of
+        ``vae_scale_factor`` (``VaeImageProcessor.preprocess``) and renders that size."""
+        return SizeRule(self.vae_scale_factor, rounds=True)
+
 
 class KSD3Pipeline(KPipelineMixin, StableDiffusion3Pipeline):
     """StableDiffusion3Pipeline with a k-sampler in flow geometry."""
 
     __call__ = k_call(StableDiffusion3Pipeline)
+
+    @property
+    def size_rule(self) -> SizeRule:
+        """The parent's ``check_inputs`` refuses sizes that are not multiples of ``vae_scale_factor * patch_size``."""
+        return SizeRule(self.vae_scale_factor * self.patch_size, rounds=False)
 
 
 class KFluxImg2ImgPipeline(KPipelineMixin, FluxImg2ImgPipeline):
@@ -99,6 +111,12 @@ class KFluxKontextPipeline(KPipelineMixin, FluxKontextPipeline):
     """FluxKontextPipeline with a k-sampler in flow geometry."""
 
     __call__ = k_call(FluxKontextPipeline)
+
+    @property
+    def size_rule(self) -> SizeRule:
+        """The parent keeps only the aspect ratio of ``height`` x ``width``: it renders ``max_area`` pixels, each side
+        rounded down to a multiple of ``2 vae_scale_factor``."""
+        return SizeRule(1, rounds=True)
 
 
 # Zoo case (k_diffusing.testing.zoo) -> K class, for the tests.

@@ -13,11 +13,17 @@ two-block UNet and VAE with ``vae_scale_factor`` 2; :mod:`k_diffusing.testing.ti
 one-latent-channel VAE and a 1 + 1 block transformer). The SD 1.5 and refiner UNets, the FLUX Fill transformer,
 the ControlNet and SD3's VAE are derived from those by config overrides (SD3's VAE then equals diffusers' tiny SD3
 test VAE); the SD3 transformer (with patch 2 and a 64-wide joint attention) and the Wan models take diffusers' own
-tiny test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``). Default schedulers follow
-the model repositories' ``scheduler_config.json`` (the Wan docs for Wan); see each ``_*_scheduler`` function.
+tiny test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``), as do PixArt, Kandinsky
+2.2, CogVideoX, LTX-Video, Shap-E and Sana Sprint (:mod:`.zoo_models`). Default schedulers follow the model
+repositories' ``scheduler_config.json`` (the Wan docs for Wan); see each ``_*_scheduler`` function and, for the
+newer cases, :mod:`.zoo_schedulers`, which names each config's source. Together the cases cover every scheduler
+class the pipelines users run ship with: Euler, FlowMatchEuler, UniPC, PNDM (SD 1.5), DDIM with ``steps_offset`` 0
+(ControlNet, Kandinsky), LCM, TCD, EDM DPM-Solver and EDM Euler (Playground v2.5), DPM-Solver (PixArt),
+CogVideoX DDIM and DPM, Heun with x0 prediction (Shap-E) and SCM (Sana Sprint, TrigFlow).
 
-Every pipeline returns latents (``output_type="latent"``): SD/SDXL/SD3 as (B, C, H, W), FLUX packed as
-(B, tokens, 4 C), Wan as (B, C, frames, H, W).
+Every pipeline returns latents (``output_type="latent"``): SD/SDXL/SD3/PixArt/Kandinsky/Sana as (B, C, H, W), FLUX
+packed as (B, tokens, 4 C), Wan and LTX as (B, C, frames, H, W), CogVideoX as (B, frames, C, H, W), Shap-E as (B,
+embeddings, width). LCM and Sana Sprint return their last denoised estimate, not the latents.
 
 Run them single-threaded (``torch.set_num_threads(1)``) on a small shared CPU: the models gain nothing from
 intra-op threads, whose spin-waits under load were measured to slow a 4-step SDXL run from 0.07 s to 0.5-13 s.
@@ -40,23 +46,23 @@ from diffusers import (
     CogVideoXPipeline,
     ControlNetModel,
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     EDMDPMSolverMultistepScheduler,
     EDMEulerScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
-    HeunDiscreteScheduler,
     FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
+    HeunDiscreteScheduler,
     KandinskyV22Img2ImgPipeline,
-    LTXConditionPipeline,
-    DPMSolverMultistepScheduler,
-    PixArtAlphaPipeline,
     LatentConsistencyModelPipeline,
     LCMScheduler,
+    LTXConditionPipeline,
+    PixArtAlphaPipeline,
     PNDMScheduler,
     SanaSprintPipeline,
     SCMScheduler,
@@ -449,6 +455,11 @@ def _short_t5(make):
     return lambda generator: make(generator, max_sequence_length=MAX_SEQUENCE_LENGTH)
 
 
+def _control(generator) -> dict:
+    """Text to image with the random image as the ControlNet's conditioning image."""
+    return _text_to_image(generator, image=_random_image())
+
+
 def _ltx_inputs(generator, **extra) -> dict:
     return _text_to_image(generator, num_frames=LTX_NUM_FRAMES, max_sequence_length=MAX_SEQUENCE_LENGTH, **extra)
 
@@ -457,10 +468,10 @@ def _ltx_inputs(generator, **extra) -> dict:
 
 _SD_LATENTS = (1, 4, SIZE // 2, SIZE // 2)  # tiny.py's VAE: 4 channels, x2
 _LTX_LATENTS = (1, 8, 1 + (LTX_NUM_FRAMES - 1) // 4, SIZE // 4, SIZE // 4)  # unpacked (B, C, F, H, W)
-_COGVIDEOX_LATENTS = (1, 1 + (COGVIDEOX_NUM_FRAMES - 1) // 4, 4, COGVIDEOX_SIZE // 8, COGVIDEOX_SIZE // 8)  # (B, F, C..)
+# CogVideoX's VAE: 4 channels, x8 spatial, x4 temporal; latents as (B, F, C, H, W)
+_COGVIDEOX_LATENTS = (1, 1 + (COGVIDEOX_NUM_FRAMES - 1) // 4, 4, COGVIDEOX_SIZE // 8, COGVIDEOX_SIZE // 8)
 _FLUX_LATENTS = (1, (SIZE // 2) ** 2, 4)  # tiny_flux's VAE: 1 channel, x1; packed 2x2
 _EULER_EPS = _euler_scheduler("epsilon")
-_CONTROL = lambda generator: _text_to_image(generator, image=_random_image())  # noqa: E731
 
 
 def _cases():
@@ -493,7 +504,7 @@ def _cases():
         _SD_LATENTS,
         _configured(DDIMScheduler, zoo_schedulers.controlnet_ddim),
         _with_controlnet(_sd15),
-        _CONTROL,
+        _control,
     )
     # LatentConsistencyModelPipeline passes original_inference_steps to set_timesteps, takes (prev_sample,
     # denoised) from step and returns the last denoised, not the latents.
@@ -532,7 +543,7 @@ def _cases():
         _SD_LATENTS,
         _EULER_EPS,
         _with_controlnet(_sdxl),
-        _CONTROL,
+        _control,
     )
     yield ZooCase(
         "sdxl_refiner",

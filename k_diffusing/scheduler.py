@@ -112,6 +112,22 @@ class _Done(NamedTuple):
     x: torch.Tensor
 
 
+class _PreconditionedNoise:
+    """The timestep rule of an EDM-preconditioned base: its ``precondition_noise(sigma)`` (``c_noise``; ``0.25 log
+    sigma`` for EDM's Karras schedule), evaluated on the float32 sigma as the base does, or the base's own timestep
+    where ``(sigma, t)`` is one of its pairs."""
+
+    def __init__(self, base, known):
+        self.base = base
+        self.known = None if known is None else dict(zip(known[0].tolist(), known[1].tolist()))
+
+    def host_t(self, sigma: float) -> float:
+        s32 = torch.tensor([sigma], dtype=torch.float32)
+        if self.known is not None and float(s32) in self.known:
+            return self.known[float(s32)]
+        return float(self.base.precondition_noise(s32).reshape(()))
+
+
 class _Suspending:
     """The denoiser the live sampler sees: each call suspends the sampler and hands ``(x, sigma)`` to ``step``,
     which resumes it with ``D(x, sigma)``."""
@@ -326,12 +342,16 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                              f"{', '.join(map(repr, PREDICTION_TYPES))} (discrete) or a flow-matching scheduler")
         self._prediction_type = prediction_type
         self._limit = _x0_limit(base.config)
-        if quantize_timesteps and self.geometry is FLOW:
-            raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000")
+        # EDM preconditioning (Karras et al. 2022, arXiv 2206.00364, Table 1): the base's own c_in, c_noise and
+        # c_skip / c_out (EDMEuler, EDMDPMSolverMultistep, CosineDPMSolverMultistep keep them as methods)
+        self._edm = all(hasattr(base, f"precondition_{part}") for part in ("inputs", "noise", "outputs"))
+        if quantize_timesteps and (self.geometry is FLOW or self._edm):
+            raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000 "
+                             "and EDM-preconditioned ones their c_noise(sigma)")
         if self._mode.name == "comfyui" and quantize_timesteps is False and self.geometry is VE:
             raise ValueError("noise='comfyui' feeds the network ComfyUI's integer timesteps (the nearest table entry "
                              "in log sigma); quantize_timesteps=False contradicts it: leave it None")
-        self._quantize = self.geometry is VE and (
+        self._quantize = self.geometry is VE and not self._edm and (
             bool(quantize_timesteps) if quantize_timesteps is not None else self._mode.name == "comfyui")
         self._function, self._spec, self._schedule, self._kwargs = pick_sampler(base, sampler, sigma_schedule,
                                                                                 sampler_kwargs)
@@ -450,8 +470,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu, **given))  # our copy
             k_sigmas, known = own.sigmas, own.known
             if sigmas is not None and self.geometry is VE:
-                table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())
-                check_schedule_fits(k_sigmas, None, float(table[-1]), "the model's sigma table")
+                check_schedule_fits(k_sigmas, None, self._sigma_max(), "the model's sigma table")
         if discard:
             k_sigmas = seeding.drop_penultimate(k_sigmas)
         check_sigmas(k_sigmas, self.geometry)
@@ -505,11 +524,19 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             table = flow_sigma_table(flow_shift(self.base, mu), config.num_train_timesteps)
             sigmas = get_sigmas(schedule, steps, sigma_table=table)
             check_schedule_fits(sigmas, schedule, FLOW.sigma_max, "a flow model (x = (1 - sigma) x0 + sigma eps)")
+        elif self._edm:  # a continuous model: the range its config gives, no table
+            sigmas = get_sigmas(schedule, steps, sigma_min=config.sigma_min, sigma_max=config.sigma_max)
         else:
             table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())
             sigmas = get_sigmas(schedule, steps, sigma_table=table)
             check_schedule_fits(sigmas, schedule, float(table[-1]), "the model's sigma table")
         return sigmas
+
+    def _sigma_max(self) -> float:
+        """The largest noise level of a discrete model: the top of its sigma table, or an EDM config's sigma_max."""
+        if self._edm:
+            return float(self.base.config.sigma_max)
+        return float(sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double())[-1])
 
     def _program_schedule(self) -> str | None:
         """The named schedule of the run: ``sigma_schedule``; in the seed modes, a discrete base configured with
@@ -533,7 +560,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         not apply it (their schedules start at sigma 1, where ComfyUI's ``sigma_0 * noise`` is the noise).
         """
         if self._mode.seeded:
-            top = None if self.geometry is FLOW else float(sigmas_from_alphas_cumprod(self.base.alphas_cumprod)[-1])
+            top = None if self.geometry is FLOW else self._sigma_max()
             return seeding.initial_scale(self._mode, sigma_0, top, flow=self.geometry is FLOW)
         if self.geometry is FLOW:
             return 1.0
@@ -545,6 +572,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         """A bridge denoiser used only for its sigma -> timestep rule (``host_t``)."""
         if self.geometry is FLOW:
             return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
+        if self._edm:
+            return _PreconditionedNoise(self.base, known)
         mode = "quantized" if self._quantize else "continuous"
         return DiscreteDenoiser(None, self.base.alphas_cumprod, self.base.config.prediction_type, mode, known)
 
@@ -670,6 +699,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if self.geometry is FLOW or self._vp:
             return sample
         s = torch.full((), self._plan.sigmas[self._step_index], dtype=torch.float32, device=sample.device)
+        if self._edm:
+            return self.base.precondition_inputs(sample, s)
         return sample / (s**2 + 1) ** 0.5
 
     def _denoised(self, x: torch.Tensor, sigma: float, model_output: torch.Tensor) -> torch.Tensor:
@@ -680,6 +711,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         prediction = model_output.to(x.dtype)
         if self.geometry is FLOW:
             denoised = x - sigma * prediction
+        elif self._edm:
+            denoised = self.base.precondition_outputs(x, prediction, torch.tensor(sigma, dtype=torch.float32))
         else:
             kind = self._prediction_type
             s = sigma if kind == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)

@@ -291,11 +291,8 @@ KNOWN_FAILURES = {
     **{f"{cls}-{test}": _refused(cls, NO_EQUIVALENT) for cls, tests in [
         ("SASolverScheduler", ["test_full_loop_with_v_prediction", "test_full_loop_device",
                                "test_full_loop_device_karras_sigmas"]),
-        ("EDMEulerScheduler", ["test_full_loop_no_noise", "test_full_loop_device"]),
         ("DPMSolverSinglestepScheduler", ["test_full_loop_no_noise", "test_full_loop_with_v_prediction",
                                           "test_full_uneven_loop", "test_full_loop_with_noise"]),
-        ("EDMDPMSolverMultistepScheduler", ["test_full_loop_no_noise", "test_full_loop_with_noise",
-                                            "test_full_loop_no_noise_thres", "test_full_loop_with_v_prediction"]),
         ("PNDMScheduler", ["test_full_loop_no_noise", "test_full_loop_with_v_prediction",
                            "test_full_loop_with_set_alpha_to_one", "test_full_loop_with_no_set_alpha_to_one"]),
     ] for test in tests},

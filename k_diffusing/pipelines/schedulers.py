@@ -77,6 +77,19 @@ def _ddpm(config, name: str) -> Equivalent:
     return Equivalent("ddpm")
 
 
+def _pndm(config) -> Equivalent:
+    """PNDM with ``skip_prk_steps`` (PLMS, the SD 1.x default) is ``plms``; its pseudo Runge-Kutta warm-up
+    evaluates the network at half-way timesteps ``t - stride / 2`` of the integer training grid, which are not in
+    the schedule a k-sampler is given."""
+    if not config.get("skip_prk_steps", False):
+        raise ValueError(
+            "PNDMScheduler(skip_prk_steps=False) warms up with pseudo Runge-Kutta steps that call the network at "
+            "half-way timesteps t - stride/2 of the training grid, points no k-sampler schedule holds, so no k-sampler "
+            "is its exact equivalent; use skip_prk_steps=True (PLMS, SD 1.x's config: equivalent 'plms') or pass sampler="
+        )
+    return Equivalent("plms")
+
+
 def _flow_match_euler(config) -> Equivalent:
     """Euler in flow geometry; with ``stochastic_sampling`` its step is ``x = (1 - s') D + s' z``, i.e. ``lcm``."""
     if config.get("invert_sigmas", False):
@@ -109,6 +122,9 @@ _EQUIVALENTS = {
     "DDPMParallelScheduler": lambda c: _ddpm(c, "DDPMParallelScheduler"),
     "CogVideoXDDIMScheduler": lambda c: _ddim(c, "CogVideoXDDIMScheduler"),
     "TCDScheduler": lambda c: Equivalent("euler"),
+    "PNDMScheduler": _pndm,
+    "EDMEulerScheduler": lambda c: Equivalent("euler"),
+    "EDMDPMSolverMultistepScheduler": _dpm_multistep,
     "LCMScheduler": lambda c: Equivalent("lcm"),
     "FlowMatchEulerDiscreteScheduler": _flow_match_euler,
     "FlowMatchHeunDiscreteScheduler": lambda c: Equivalent("heun"),
@@ -121,7 +137,8 @@ _FINAL_ALPHA_CUMPROD = {"LCMScheduler": lambda s: 1.0, "TCDScheduler": lambda s:
 # Schedulers whose timesteps pair one-to-one with the first len(timesteps) of their sigmas.
 _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
            "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
-           "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"}
+           "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "EDMEulerScheduler",
+           "EDMDPMSolverMultistepScheduler"}
 
 
 _DISCRETE_TOKENS = ("diffuses discrete tokens (masked or categorical states, sampled from logits), not Gaussian "
@@ -254,9 +271,23 @@ def read_schedule(scheduler) -> SchedulerSigmas:
             f"{type(scheduler).__name__} keeps neither sigmas nor alphas_cumprod after set_timesteps, so its "
             "schedule cannot be read as noise levels; pass sigma_schedule= (a catalogue schedule) with sampler="
         )
-    main = torch.unique_consecutive(table)
+    main = torch.unique_consecutive(_without_rounding_rises(table))
     return SchedulerSigmas(main.to(torch.float64), known, float(getattr(scheduler, "init_noise_sigma", 1.0)),
                            keeps_vp_latents(scheduler))
+
+
+def _without_rounding_rises(table: torch.Tensor) -> torch.Tensor:
+    """``table`` with rises of at most float32 rounding (1e-6 relative) flattened into repeats: a schedule ending on
+    ``sigma_min`` (``final_sigmas_type="sigma_min"``) appends the config's float32 value after a computed one that can
+    be an ulp below it (EDM DPM-Solver: 0.0019999996, 0.0020000001). Larger rises stay (and are refused later)."""
+    rises = table[1:] - table[:-1]
+    small = (rises > 0) & (rises <= 1e-6 * table[:-1].abs())
+    if not bool(small.any()):
+        return table
+    out = table.clone()
+    for i in small.nonzero().flatten().tolist():
+        out[i + 1] = out[i]
+    return out
 
 
 def keeps_vp_latents(scheduler) -> bool:

@@ -47,7 +47,7 @@ from .geometry import FLOW, VE, Geometry
 from .names import did_you_mean
 from . import seeding
 from .registry import SamplerSpec, get_sampler, list_samplers
-from .samplers.base import dry_run, needs_uncond, parameters
+from .samplers.base import distinct_sigmas, dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
@@ -74,10 +74,13 @@ class CallPlan:
 
     @property
     def order(self) -> int:
-        """Calls per step (diffusers' ``scheduler.order``): the most calls any step but the last makes."""
+        """Calls per step (diffusers' ``scheduler.order``, by which pipelines skip ``t_start * order`` timesteps for
+        img2img): the most frequent count of the steps between the first (a warm-up: plms's pseudo-Heun step) and
+        the last (which may take fewer: heun's step into 0); the larger on a tie."""
         bounds = self.step_starts + (len(self.sigmas),)
         counts = [b - a for a, b in zip(bounds, bounds[1:])]
-        return max(counts[:-1] or counts or [1])
+        middle = counts[1:-1] or counts[:-1] or counts or [1]
+        return max(sorted(set(middle), reverse=True), key=middle.count)
 
 
 def takes(function, name: str) -> bool:
@@ -644,8 +647,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 f"at calls {list(starts)}); this sampler cannot start mid-schedule here"
             )
         step = starts.index(index)
-        tail = self._plan_for(self._k_sigmas[step:])
-        self._check_first_call(tail, self._k_sigmas[step])  # img2img / refiner start with churn
+        steps = distinct_sigmas(self._k_sigmas)  # the sampler's steps: zero-length ones are no steps
+        tail = self._plan_for(steps[step:])
+        self._check_first_call(tail, steps[step])  # img2img / refiner start with churn
         if tail.sigmas != self._plan.sigmas[index:]:
             raise ValueError(
                 f"{self._sampler_name()} started at step {step} makes other model calls than the tail of its "

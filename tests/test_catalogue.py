@@ -55,6 +55,7 @@ def test_registry_metadata():
         ("UniPC SGM Uniform", "uni_pc", "sgm_uniform"),
         ("DDIM", "euler", "ddim_uniform"),  # A1111's DDIM: euler on its grid (test_a1111_ddim_* below)
         (" ddim ", "euler", None),  # ComfyUI's short name: euler on the chosen schedule
+        ("plms", "plms", None),  # lower case: the catalogue's plms (diffusers' PNDM); A1111's "PLMS" is refused
         ("Ddim", "euler", "ddim_uniform"),
         ("Euler DDIM", "euler", "ddim_uniform"),  # "DDIM" as a schedule suffix
         ("Euler a DDIM", "euler_ancestral", "ddim_uniform"),
@@ -76,7 +77,6 @@ def test_unknown_sampler_lists_valid_names_and_suggests():
 
 @pytest.mark.parametrize("name, words", [
     ("PLMS", ["A1111's PLMS is not in the catalogue", "Heun", "sampler 'ipndm' with sigma_schedule 'ddim_uniform'"]),
-    ("plms", ["A1111's PLMS is not in the catalogue"]),
     ("DDIM Karras", ["takes no schedule", "nearest on sigma_schedule 'karras' is sampler 'euler'"]),
     ("PLMS Exponential", ["takes no schedule", "sampler 'ipndm'"]),
     ("DDIN", ["unknown sampler", "Did you mean 'DDIM'?"]),

@@ -155,8 +155,9 @@ def _flux_functional(pipe, spec, steps, seed):
 
 def _call_bounds(spec, plan_steps: int) -> tuple[int, int]:
     """Model calls a run of ``plan_steps`` steps may make by the registry entry: at most ``calls_per_step`` per
-    step, at least one (the last steps of multi-call samplers take fewer: heun's step into 0, Heun++'s last two)."""
-    return plan_steps, spec.calls_per_step * plan_steps
+    step, at least one (the last steps of multi-call samplers take fewer: heun's step into 0, Heun++'s last two), plus
+    plms's one pseudo-Heun warm-up call (PNDM's n + 1 calls)."""
+    return plan_steps, spec.calls_per_step * plan_steps + (spec.name == "plms")
 
 
 # --- every sampler, both pipelines, both routes ---------------------------------------------------------------------

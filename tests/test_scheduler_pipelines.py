@@ -38,22 +38,42 @@ pytestmark = [
 PARITY = {torch.float64: 1e-6, torch.float32: 5e-6}  # see the module docstring for the measured values
 DISCRETE_PAIRS = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
                   "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
-SAMPLERS = ["euler_ancestral", "heun", "dpmpp_2m_sde", "uni_pc", "res_multistep"]
+SAMPLERS = ["euler_ancestral", "heun", "dpmpp_2m_sde", "uni_pc", "res_multistep", "dpmpp_2m"]
+# Zoo cases whose own scheduler KScheduler(sampler=None) does not reproduce, with what stands in the way (issue 23).
+NOT_EQUIVALENT = {
+    "sd15_tcd": "TCD's gamma (the pipeline's eta=0.3) re-noises to timestep floor((1 - gamma) t_prev): no k-sampler "
+                "yet; step(eta=0.3) is refused",
+    "cogvideox": "zero terminal SNR (rescale_betas_zero_snr): the first sigma is inf, which the VE samplers cannot "
+                 "hold (needs a VP geometry)",
+    "cogvideox_dpm": "CogVideoXDPMScheduler has no k-sampler equivalent, and zero terminal SNR (first sigma inf)",
+    "ltx_condition": "diffusers' per-token step integrates from per_token_timesteps / 1000 while its own sigmas "
+                     "(stretched by shift_terminal) say otherwise; KScheduler integrates its sigmas",
+    "ltx_condition_image": "per-token timesteps differ across tokens (the conditioning frame at 0): refused",
+    "sana_sprint": "TrigFlow (SCMScheduler) is not supported yet",
+}
+# Cases where explicit samplers cannot run either, with the reason.
+NO_EXPLICIT = {name: NOT_EQUIVALENT[name] for name in ("cogvideox", "cogvideox_dpm", "ltx_condition_image",
+                                                       "sana_sprint")}
+# Pipelines that slice ``timesteps`` by num_inference_steps themselves (not by set_begin_index / order).
+SLICES_TIMESTEPS = {"kandinsky22_img2img"}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
+def _known_gap(case_name: str, reasons: dict):
+    return [pytest.mark.xfail(strict=True, reason=reasons[case_name])] if case_name in reasons else []
+
+
 def _pairs():
     for name, case in ZOO.items():
-        if case.geometry == DISCRETE:
-            for pair in DISCRETE_PAIRS:
+        yield pytest.param(name, None, marks=_known_gap(name, NOT_EQUIVALENT))  # the case's own scheduler
+        if type(case.default_scheduler()).__name__ == "EulerDiscreteScheduler":
+            for pair in DISCRETE_PAIRS[1:]:
                 if pair == "EulerAncestralDiscreteScheduler" and not case.step_gets_generator:
                     continue
                 yield name, pair
-        else:
-            yield name, None  # the case's own flow scheduler
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -69,7 +89,7 @@ def test_default_sampler_reproduces_the_native_scheduler(case_name, pair, dtype)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-@pytest.mark.parametrize("case_name", list(ZOO))
+@pytest.mark.parametrize("case_name", [pytest.param(n, marks=_known_gap(n, NO_EXPLICIT)) for n in ZOO])
 def test_samplers_run_in_every_pipeline(case_name, sampler):
     case = ZOO[case_name]
     scheduler = KScheduler.from_scheduler(case.default_scheduler(), sampler=sampler)
@@ -80,7 +100,10 @@ def test_samplers_run_in_every_pipeline(case_name, sampler):
     scheduler.step = lambda *args, **kwargs: steps.append(1) or step(*args, **kwargs)
     out = case.run(pipe)
     assert torch.isfinite(out).all() and tuple(out.shape) == case.latent_shape
-    assert len(steps) == len(scheduler.timesteps) - (scheduler.begin_index or 0)  # one per remaining timestep
+    if case_name not in SLICES_TIMESTEPS:
+        assert len(steps) == len(scheduler.timesteps) - (scheduler.begin_index or 0)  # one per remaining timestep
+    else:
+        assert 1 <= len(steps) < len(scheduler.timesteps)
 
 
 @pytest.mark.parametrize("case_name", list(BY_ZOO_CASE))

@@ -68,6 +68,7 @@ MEASURES: dict[str, Measure] = {
     "ddpm": Measure(None, moment_steps=1000),
     "lcm": Measure(None),
     "ipndm": Measure((40, 80, 160, 320)),
+    "plms": Measure((40, 80, 160, 320)),
     "ipndm_v": Measure(),
     "deis": Measure((40, 80, 160, 320)),
     "res_multistep": Measure(),

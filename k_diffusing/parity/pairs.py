@@ -53,27 +53,44 @@ DISTRIBUTION = Tolerance(0.05, True)
 class Pair:
     """One row of the parity table.
 
-    ``scheduler`` is a diffusers scheduler class name, built with ``from_config(pipeline's scheduler config,
-    **config)``. The k side is ``KSDXLPipeline`` / ``KFluxPipeline`` with that scheduler loaded and no ``sampler=``:
-    it runs the equivalent k-sampler (which must be ``sampler``) with the options read from the scheduler's config,
-    on the scheduler's own sigmas. ``exact=False`` marks a distribution-only pair.
+    ``scheduler`` is a diffusers scheduler class name, or a scheduler class itself (a port written from scratch,
+    ``SchedulerMixin`` + ``ConfigMixin``), built with ``from_config(pipeline's scheduler config, **config)``. The k
+    side is ``KSDXLPipeline`` / ``KFluxPipeline`` with a ``KScheduler`` around that scheduler, on its own sigmas: for
+    a scheduler with a k-equivalent (:mod:`k_diffusing.pipelines.schedulers`), the equivalent (which must be
+    ``sampler``) with the options read from the scheduler's config; for one without, ``sampler`` with
+    ``sampler_kwargs``. ``exact=False`` marks a distribution-only pair.
     """
 
     name: str
     kind: str  # "sdxl" or "flux": the pipeline family
     sampler: str
-    scheduler: str
+    scheduler: str | type
     config: dict = field(default_factory=dict)
     tolerance: Tolerance = SDXL_EXACT
     exact: bool = True
     note: str = ""
     global_noise: bool = False  # the parent gives scheduler.step no generator: its step noise is torch's global RNG
     pipeline: bool = True  # False: the parent pipeline cannot drive this scheduler; sampler level only
+    sampler_kwargs: dict = field(default_factory=dict)  # the k side's options, for a scheduler without an equivalent
+
+    @property
+    def scheduler_name(self) -> str:
+        return self.scheduler if isinstance(self.scheduler, str) else self.scheduler.__name__
+
+    def scheduler_class(self) -> type:
+        """The scheduler class: the one given, or diffusers' class of that name (ValueError when there is none)."""
+        import diffusers
+
+        cls = getattr(diffusers, self.scheduler, None) if isinstance(self.scheduler, str) else self.scheduler
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise ValueError(f"pair {self.name!r}: {self.scheduler!r} is neither a diffusers scheduler class name nor "
+                             "a scheduler class (SchedulerMixin + ConfigMixin)")
+        return cls
 
     @property
     def diffusers_side(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-        return f"{self.scheduler}({options})"
+        return f"{self.scheduler_name}({options})"
 
 
 def _sdxl(name, sampler, scheduler, tolerance, exact=True, note="", **config) -> Pair:

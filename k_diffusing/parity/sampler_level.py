@@ -17,21 +17,20 @@ from pathlib import Path
 import torch
 
 from ..geometry import FLOW, VE
-from ..pipelines.schedulers import brownian_noise_for, equivalent, known_class, read_schedule
+from ..pipelines.schedulers import brownian_noise_for, known_class, read_schedule
 from ..registry import get_sampler
+from ..scheduler import is_flow_config
 from ..testing import analytic
 from .pairs import Pair
-from .trace import Trace, k_label
+from .trace import Trace, check_stages, k_label, k_side
 
 EMBEDDED_MODELS = Path(__file__).resolve().parent.parent / "embedded" / "models"
 
 
 def scheduler_for(pair: Pair):
     """The pair's scheduler over the embedded model's scheduler config (SDXL's or FLUX.1-dev's)."""
-    import diffusers
-
     config = json.loads((EMBEDDED_MODELS / pair.kind / "scheduler" / "scheduler_config.json").read_text())
-    return getattr(diffusers, pair.scheduler).from_config(config, **pair.config)
+    return pair.scheduler_class().from_config(config, **pair.config)
 
 
 def _set_up(scheduler, steps: int):
@@ -43,15 +42,24 @@ def _set_up(scheduler, steps: int):
 
 
 def scheduler_schedule(scheduler, steps: int):
-    """The scheduler's own k-sampler sigmas (float64) for ``steps`` steps, and its initial-noise scale in VE units."""
+    """The scheduler's own k-sampler sigmas (float64) for ``steps`` steps, and its initial-noise scale in VE units
+    (flow: in flow units)."""
     own = read_schedule(_set_up(scheduler, steps))
     sigma_0 = float(own.sigmas[0])
-    scale = own.init_noise_sigma * (math.sqrt(sigma_0**2 + 1) if own.vp_latents else 1.0)
+    scale = own.init_noise_sigma * (math.sqrt(sigma_0**2 + 1) if _vp_latents(scheduler, own) else 1.0)
     return own.sigmas, scale
 
 
+def _vp_latents(scheduler, own) -> bool:
+    """Whether the scheduler keeps VP latents ``x / sqrt(sigma^2 + 1)``; a flow scheduler's unit
+    ``init_noise_sigma`` means the flow state, not VP latents."""
+    return own.vp_latents and not _flow(scheduler)
+
+
 def _flow(scheduler) -> bool:
-    return known_class(scheduler).startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas", False)
+    """Flow matching: a FlowMatch* class (or subclass), flow sigmas or ``prediction_type="flow_prediction"`` (a
+    port's way to say so)."""
+    return is_flow_config(known_class(scheduler), scheduler.config)
 
 
 # The sigma of a two-stage scheduler's second model call, as its own scale_model_input reads it.
@@ -62,9 +70,25 @@ _SECOND_STAGE = {
 }
 
 
+def check_call_sigmas(s) -> None:
+    """Refuse a set-up multi-stage scheduler (one with ``state_in_first_order``) whose later calls' sigmas the
+    harness cannot read: outside :data:`_SECOND_STAGE`, each call's sigma is ``sigmas[step_index]``, so ``sigmas``
+    must list one per call (HeunDiscreteScheduler's layout ``[s_0, s_1, s_1, ..., s_n-1, s_n-1, 0]``)."""
+    sigmas = getattr(s, "sigmas", None)
+    if (not hasattr(s, "state_in_first_order") or known_class(s) in _SECOND_STAGE or sigmas is None
+            or len(sigmas) == len(s.timesteps) + 1):
+        return
+    raise ValueError(
+        f"{type(s).__name__} is multi-stage (state_in_first_order) with {len(s.timesteps)} network calls but "
+        f"{len(sigmas)} sigmas: the analytic denoiser needs each call's sigma, read as sigmas[step_index]. List one "
+        "sigma per call and the final one (HeunDiscreteScheduler's layout: [s_0, s_1, s_1, ..., 0]); the pipeline "
+        "level, which feeds the network your timesteps, does not need it")
+
+
 def _call_sigma(s, i: int, t) -> float:
     """The sigma of the scheduler's ``i``-th model call (timestep ``t``): its table entry at its step index, the
-    second stage's (:data:`_SECOND_STAGE`) or, without a sigma table (DDIM, DDPM, LCM), ``alphas_cumprod[t]``'s."""
+    second stage's (:data:`_SECOND_STAGE`; other multi-stage schedulers list every call's sigma,
+    :func:`check_call_sigmas`) or, without a sigma table (DDIM, DDPM, LCM), ``alphas_cumprod[t]``'s."""
     if getattr(s, "sigmas", None) is None:
         acp = float(s.alphas_cumprod[int(t)])
         return math.sqrt((1 - acp) / acp)
@@ -99,7 +123,7 @@ def scheduler_sampler(scheduler):
             raise ValueError(f"{type(s).__name__} samples on its own sigmas {own.sigmas.tolist()}, not "
                              f"{sigmas.tolist()}: pass scheduler_schedule(scheduler, steps)")
         flow = _flow(s)
-        vp = own.vp_latents and not flow
+        vp = _vp_latents(s, own)
 
         def model_units(latent, sigma):  # the scheduler's VP latents in VE units
             return latent * math.sqrt(sigma**2 + 1) if vp else latent
@@ -157,12 +181,14 @@ def trace_sampler_level(pair: Pair, steps: int, seed: int, shape=(2, 4, 16, 16),
     """Both sides of ``pair`` on the analytic N(0.5, 1.5^2) denoiser (VE, or flow for flow schedulers) from the
     same noise and generator seed; ``timesteps`` in the traces are the sigmas of each step's first call.
     ``scheduler``: an instance to test instead of :func:`scheduler_for` (a port in progress: a subclass of the
-    diffusers scheduler it replaces)."""
+    diffusers scheduler it replaces, or a class of its own, compared with the pair's sampler, :func:`k_side`)."""
     scheduler = scheduler_for(pair) if scheduler is None else scheduler
+    found = k_side(pair, scheduler)
+    check_stages(scheduler, steps)
+    check_call_sigmas(_set_up(scheduler, steps))
     model = analytic.gaussian(geometry=FLOW if _flow(scheduler) else VE)
     sigmas, scale = scheduler_schedule(scheduler, steps)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32) * scale
-    found = equivalent(_set_up(scheduler, steps))
     spec = get_sampler(found.sampler)
     kwargs = dict(found.kwargs)
     noise = brownian_noise_for(scheduler, x, sigmas.to(torch.float32))
@@ -170,7 +196,7 @@ def trace_sampler_level(pair: Pair, steps: int, seed: int, shape=(2, 4, 16, 16),
         kwargs["noise_sampler"] = noise
     if "generator" in spec.options:
         kwargs["generator"] = torch.Generator().manual_seed(seed + 1)
-    ours = _trace(k_label(scheduler), spec, model, x, sigmas.to(torch.float32), **kwargs)
+    ours = _trace(k_label(found), spec, model, x, sigmas.to(torch.float32), **kwargs)
     generator = torch.Generator().manual_seed(seed + 1)
     theirs = _trace(pair.diffusers_side, scheduler_sampler(scheduler), model, x, sigmas, generator=generator)
     return ours, theirs

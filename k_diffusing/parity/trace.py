@@ -1,8 +1,9 @@
 """Run one parity pair through both pipelines and record, step by step, what each side did.
 
 Both sides share every component of one pipeline folder and get the same prompt, seed and initial noise. The k side
-is ``KSDXLPipeline`` / ``KFluxPipeline`` with the pair's scheduler loaded (so it samples on that scheduler's own
-sigmas); the other side is the diffusers parent pipeline driving the scheduler itself. Per step we keep the sigma,
+is ``KSDXLPipeline`` / ``KFluxPipeline`` with a ``KScheduler`` around the pair's scheduler loaded (so it samples on
+that scheduler's own sigmas, with the k-sampler of :func:`k_side`); the other side is the diffusers parent pipeline
+driving the scheduler itself. Per step we keep the sigma,
 the timestep the network saw and the latent after the step, all in the k-sampler's units: VE latents
 ``x0 + sigma eps`` for SDXL (VP schedulers' latents are multiplied by ``sqrt(sigma^2 + 1)``), the flow state for
 FLUX.
@@ -10,13 +11,17 @@ FLUX.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..pipelines.common import diffusers_parent
-from ..pipelines.schedulers import equivalent, keeps_vp_latents, read_schedule
+from ..pipelines.schedulers import (_EQUIVALENTS, Equivalent, equivalent, keeps_vp_latents, known_class,
+                                    read_schedule, set_up)
+from ..registry import get_sampler
+from ..scheduler import KScheduler
 from .pairs import Pair
 
 
@@ -54,18 +59,53 @@ def network_of(pipe):
     return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
-def build_scheduler(pipe, pair: Pair):
-    """The pair's scheduler over the pipeline's own scheduler config; checks that the pipeline's default k-sampler
-    for it is the pair's sampler (else the table is wrong)."""
-    import diffusers
+def has_equivalent(scheduler) -> bool:
+    """Whether ``scheduler``'s class (or a base class) has a k-equivalent in the bridge's table."""
+    return known_class(scheduler) in _EQUIVALENTS
 
-    cls = getattr(diffusers, pair.scheduler, None)
-    if cls is None:
-        raise ValueError(f"pair {pair.name!r}: diffusers has no scheduler class {pair.scheduler!r}")
-    scheduler = cls.from_config(pipe.scheduler.config, **pair.config)
-    found = equivalent(scheduler).sampler
-    if found != pair.sampler:
-        raise ValueError(f"pair {pair.name!r}: {pair.diffusers_side} runs k-sampler {found!r}, not {pair.sampler!r}")
+
+def k_side(pair: Pair, scheduler) -> Equivalent:
+    """The k-sampler and options ``scheduler`` is compared with: its k-equivalent, which must be the pair's
+    ``sampler`` (else the table is wrong), with the options read from its config; for a scheduler without one (a
+    port written from scratch, a diffusers class the table does not map), the pair's ``sampler`` and
+    ``sampler_kwargs``, which the pair names."""
+    get_sampler(pair.sampler)  # an unknown name raises, with suggestions
+    if not has_equivalent(scheduler):
+        return Equivalent(pair.sampler, dict(pair.sampler_kwargs))
+    found = equivalent(scheduler)
+    if found.sampler != pair.sampler:
+        raise ValueError(f"pair {pair.name!r}: {pair.diffusers_side} runs k-sampler {found.sampler!r}, not "
+                         f"{pair.sampler!r}")
+    if pair.sampler_kwargs:
+        raise ValueError(f"pair {pair.name!r}: {pair.scheduler_name} has a k-equivalent, whose options come from its "
+                         f"config; sampler_kwargs {pair.sampler_kwargs} are for schedulers without one")
+    return found
+
+
+def check_stages(scheduler, steps: int) -> None:
+    """Refuse a scheduler without a k-equivalent whose steps cannot be told apart among its network calls: one that
+    makes more calls than steps (a multi-stage method) must say which call ends a step with diffusers'
+    ``state_in_first_order`` (True except while a step waits for its later calls, as in HeunDiscreteScheduler)."""
+    if has_equivalent(scheduler):
+        return
+    fresh = set_up(copy.deepcopy(scheduler), steps)
+    if hasattr(fresh, "state_in_first_order"):
+        return
+    calls, own_steps = len(fresh.timesteps), len(read_schedule(fresh).sigmas) - 1
+    if calls != own_steps:
+        raise ValueError(
+            f"{type(scheduler).__name__} makes {calls} network calls for {own_steps} steps but has no "
+            "state_in_first_order: the harness compares the state after each step and cannot tell which call ends "
+            "one. Give it a state_in_first_order property, False while a step waits for its later calls (as "
+            "diffusers' HeunDiscreteScheduler has)")
+
+
+def build_scheduler(pipe, pair: Pair, steps: int):
+    """The pair's scheduler over the pipeline's own scheduler config, checked: its k side (:func:`k_side`) and
+    step structure (:func:`check_stages`)."""
+    scheduler = pair.scheduler_class().from_config(pipe.scheduler.config, **pair.config)
+    k_side(pair, scheduler)
+    check_stages(scheduler, steps)
     return scheduler
 
 
@@ -116,18 +156,28 @@ def initial_latents(pipe, options: dict, generators) -> torch.Tensor:
                                 pipe._execution_device, generators)[0]
 
 
-def k_label(scheduler) -> str:
-    """The k-sampler a scheduler maps to, with the options read from its config: ``uni_pc_bh2(order=2, ...)``."""
-    found = equivalent(scheduler)
+def k_label(found: Equivalent) -> str:
+    """A k-sampler with its options: ``uni_pc_bh2(order=2, ...)``."""
     options = ", ".join(f"{k}={v!r}" for k, v in found.kwargs.items())
     return f"{found.sampler}({options})" if options else found.sampler
 
 
+def k_scheduler(pair: Pair, scheduler) -> KScheduler:
+    """The k side's scheduler: a ``KScheduler`` around ``scheduler`` running its equivalent (``sampler=None``), or
+    for a scheduler without one the pair's sampler (:func:`k_side`) on the scheduler's own sigmas."""
+    found = k_side(pair, scheduler)
+    if has_equivalent(scheduler):
+        return KScheduler.from_scheduler(scheduler)
+    return KScheduler.from_scheduler(scheduler, sampler=found.sampler, sampler_kwargs=found.kwargs)
+
+
 def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
-    """The k side: the K pipeline with the pair's scheduler loaded and its default (equivalent) sampler; VP latents
-    (the KScheduler keeps them as its base does) are brought to VE units as on the diffusers side. The parent's loop calls back after every model call: a step ends after each
-    ``scheduler.order``-th call (the pairs' samplers make the same calls every step) and after the last."""
-    k_pipe = type(pipe)(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
+    """The k side: the K pipeline with :func:`k_scheduler` loaded; VP latents (the KScheduler keeps them as its base
+    does) are brought to VE units as on the diffusers side. The parent's loop calls back after every model call: a
+    step ends after each ``scheduler.order``-th call (the pairs' samplers make the same calls every step) and after
+    the last."""
+    scheduler = build_scheduler(pipe, pair, options["num_inference_steps"])
+    k_pipe = type(pipe)(**{**pipe.components, "scheduler": k_scheduler(pair, scheduler)})
     k_pipe.set_progress_bar_config(disable=True)
 
     def record(p, x, i, k):
@@ -138,7 +188,7 @@ def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
         return x.double() * math.sqrt(p.scheduler.k_sigmas[k + 1] ** 2 + 1)
 
     def run(opts, generators):
-        return _run(k_pipe, k_label(k_pipe.scheduler), opts, generators, record,
+        return _run(k_pipe, k_label(k_side(pair, scheduler)), opts, generators, record,
                     lambda p: [float(s) for s in p.k_sigmas])
 
     return _side(run, k_pipe, pair, options, seed)
@@ -146,8 +196,10 @@ def trace_k(pipe, pair: Pair, options: dict, seed: int) -> Trace:
 
 def trace_diffusers(pipe, pair: Pair, options: dict, seed: int) -> Trace:
     """The diffusers side: the parent pipeline class driving the pair's scheduler. Sub-step callbacks of two-stage
-    schedulers (Heun, KDPM2, DPM-Solver SDE) are skipped; VP latents are brought to VE units for SDXL."""
-    native = diffusers_parent(type(pipe))(**{**pipe.components, "scheduler": build_scheduler(pipe, pair)})
+    schedulers (Heun, KDPM2, DPM-Solver SDE, a port's with ``state_in_first_order``) are skipped; VP latents are
+    brought to VE units for SDXL."""
+    scheduler = build_scheduler(pipe, pair, options["num_inference_steps"])
+    native = diffusers_parent(type(pipe))(**{**pipe.components, "scheduler": scheduler})
     native.set_progress_bar_config(disable=True)
     vp = pair.kind == "sdxl" and keeps_vp_latents(native.scheduler)
 

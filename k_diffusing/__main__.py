@@ -11,6 +11,9 @@ end, one table (stdout) of every sampler's seconds, model calls and adherence in
 
 ``catalogue``: list every sampler with its order, model calls per step and the accuracy it measures
 on the analytic Gaussian-mixture denoiser in VE and flow geometry; ``--write README.md`` refreshes the README table.
+
+``schedulers``: every scheduler class diffusers exports and what KScheduler does with it (exact equivalent,
+explicit samplers only, open, refused with the reason), with the counts; ``--write README.md`` refreshes the table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main(argv=None) -> int:
                         add_help=False)
     cat = commands.add_parser("catalogue", help="measure and print the sampler catalogue")
     cat.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
+    sch = commands.add_parser("schedulers", help="every diffusers scheduler class and KScheduler's support of it")
+    sch.add_argument("--write", type=Path, metavar="README", help="write the table between the README's markers")
     gallery = commands.add_parser("gallery", help="render every sampler with the embedded SDXL and FLUX models")
     gallery.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/runs, git ignores it)")
     gallery.add_argument("--update-goldens", action="store_true",
@@ -64,6 +69,15 @@ def main(argv=None) -> int:
         if write:
             write_into(args.write, gallery_table(folders, args.write.parent), section="gallery")
             print(f"wrote the gallery table into {args.write}", file=sys.stderr)
+    elif args.command == "schedulers":
+        from .catalogue import write_into
+        from .pipelines.schedulers import support_markdown
+
+        table = support_markdown()
+        print(table)
+        if args.write:
+            write_into(args.write, table, section="schedulers")
+            print(f"wrote the scheduler table into {args.write}", file=sys.stderr)
     elif args.command == "catalogue":
         from .catalogue import catalogue_table, write_into
 

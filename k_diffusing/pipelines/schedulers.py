@@ -316,3 +316,60 @@ def flow_shift(scheduler, mu: float) -> float:
                              "use sigma_schedule=None (the scheduler's own sigmas)")
         return math.exp(mu)
     return float(config.get("shift", 1.0))
+
+
+def support_table() -> list[tuple[str, str, str]]:
+    """``(class, status, detail)`` for every scheduler class diffusers exports: "exact" (``sampler=None`` runs its
+    k-equivalent; detail: the sampler at the class's default config, or why that config has none), "explicit"
+    (no equivalent: explicit samplers run on its own schedule), "open" (no equivalent and its schedule is not read
+    yet: issue 23's remaining work), or "refused" (detail: why no k-sampler can run it)."""
+    import diffusers
+
+    rows = []
+    for name in sorted(n for n in dir(diffusers) if n.endswith("Scheduler")):
+        cls = getattr(diffusers, name)
+        if not (isinstance(cls, type) and hasattr(cls, "step")) and name not in REFUSED:
+            continue
+        if name in REFUSED:
+            rows.append((name, "refused", REFUSED[name]))
+        elif name in _EQUIVALENTS:
+            try:
+                eq = _EQUIVALENTS[name](_default_config(cls))
+                rows.append((name, "exact", f"`{eq.sampler}`" + (f" {eq.kwargs}" if eq.kwargs else "")))
+            except ValueError as error:
+                rows.append((name, "exact", f"config-dependent; default config: {str(error).split(';')[0]}"))
+        else:
+            rows.append((name, *_explicit_support(cls)))
+    return rows
+
+
+def _explicit_support(cls) -> tuple[str, str]:
+    """Whether an explicit sampler sets up on the own schedule of a class without an equivalent (default config, 10
+    steps): ``("explicit", ...)`` or ``("open", why not)``; neither runs ``sampler=None``."""
+    from ..scheduler import KScheduler
+
+    try:
+        KScheduler.from_scheduler(cls(), sampler="euler").set_timesteps(10)
+    except Exception as error:  # noqa: BLE001 - any failure means explicit samplers cannot set up on it yet
+        return "open", f"no equivalent; explicit samplers do not set up yet ({type(error).__name__}: {str(error)[:80]})"
+    return "explicit", "no equivalent yet; explicit samplers set up on its own schedule (default config, 10 steps)"
+
+
+def _default_config(cls):
+    """The class's default config (``FrozenDict`` of its ``__init__`` defaults)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    params = inspect.signature(cls.__init__).parameters
+    return FrozenDict({k: p.default for k, p in params.items()
+                       if k != "self" and p.default is not inspect.Parameter.empty})
+
+
+def support_markdown() -> str:
+    """:func:`support_table` as a Markdown table, counts first (the README's scheduler table)."""
+    import diffusers
+
+    rows = support_table()
+    counts = {status: sum(r[1] == status for r in rows) for status in ("exact", "explicit", "open", "refused")}
+    head = (f"{len(rows)} scheduler classes in diffusers {diffusers.__version__}: " +
+            ", ".join(f"{n} {status}" for status, n in counts.items()) + ".\n\n| class | KScheduler | detail |\n|---|---|---|")
+    return "\n".join([head, *(f"| {name} | {status} | {detail.replace('|', '/')} |" for name, status, detail in rows)])

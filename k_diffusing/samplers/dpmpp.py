@@ -79,15 +79,53 @@ def sde_noise(run: SamplerRun, x: torch.Tensor, sigma: float, sigma_next: float,
     return x + run.noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
 
 
+# diffusers' DPMSolverMultistep and DEIS schedulers lower the order of their last steps (``lower_order_final``) only
+# on schedules of fewer steps than this.
+DIFFUSERS_LOWER_ORDER_BELOW = 15
+
+
+def diffusers_order(i: int, n_steps: int, order: int, lower_order_final: bool) -> int:
+    """The order diffusers' ``DPMSolverMultistepScheduler`` and ``DEISMultistepScheduler`` take at step ``i`` of
+    ``n_steps`` after their warm-up, for solver order ``order``: ``min(order, n_steps - i)`` (first order on the last
+    step, at most second on the one before: their ``lower_order_final`` and ``lower_order_second``) on a schedule of
+    fewer than 15 steps with ``lower_order_final``, else ``order``."""
+    if lower_order_final and n_steps < DIFFUSERS_LOWER_ORDER_BELOW:
+        return min(order, n_steps - i)
+    return order
+
+
+def final_denoise(run: SamplerRun, x: torch.Tensor) -> torch.Tensor:
+    """``D(x, sigma_last)``: one more model call at the schedule's last sigma, reported to the callback as step
+    ``len(run.sigmas) - 1`` (one past the last step). diffusers' multistep schedulers (DPMSolverMultistep, UniPC,
+    DEIS) make this call on a schedule that ends on a repeated sigma (``final_sigmas_type='sigma_min'`` with Karras,
+    exponential, beta or flow sigmas): their last step has length zero and leaves the sample unchanged (UniPC first
+    corrects the step before with the call's output)."""
+    sigma = run.sigmas[-1]
+    denoised = run.denoise(x, sigma)
+    run.report(len(run.sigmas) - 1, x, sigma, sigma, denoised)
+    return denoised
+
+
 @torch.no_grad()
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, *, lower_order_final=False,
+                    final_call=False):
     """DPM-Solver++(2M), Lu et al. 2022b (arXiv 2211.01095), Alg. 2.
 
     Any geometry. Order 2, 1 call per step, deterministic. First-order (DDIM) on the first step, after an infinite
     step (flow ``sigma = 1``, where the correction's limit is 0) and on the step into sigma = 0, which returns ``D``.
+
+    The defaults are k-diffusion's. Two options reproduce diffusers' ``DPMSolverMultistepScheduler`` (dpmsolver++,
+    order 2, midpoint) on schedules that end above 0 (``final_sigmas_type='sigma_min'``):
+        lower_order_final: on a schedule of fewer than 15 steps (the final call counted), the last step is first
+            order too (:func:`diffusers_order`; diffusers' ``lower_order_final``).
+        final_call: on a schedule ending above 0, call the model once more at the last sigma and return the sample
+            unchanged (:func:`final_denoise`): diffusers' zero-length last step on a schedule ending on a repeated
+            sigma. The result is that of the run without it; only the calls differ.
     """
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
     geo, x = run.geometry, run.x
+    final = final_call and run.sigmas[-1] > 0
+    n_steps = len(run.sigmas) - 1 + final
     old_denoised, h_last = None, None
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
@@ -97,12 +135,15 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
         else:
             h = geo.half_log_snr(sigma_next) - geo.half_log_snr(sigma)
             denoised_d = denoised
-            if old_denoised is not None and math.isfinite(h_last):
+            second_order = diffusers_order(i, n_steps, 2, lower_order_final) == 2
+            if old_denoised is not None and math.isfinite(h_last) and second_order:
                 r = h_last / h
                 denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             x = data_step(geo, x, sigma, sigma_next, denoised_d)
             h_last = h
         old_denoised = denoised
+    if final:
+        final_denoise(run, x)
     return run.finish(x)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .base import SamplerRun, to_d
+from .dpmpp import diffusers_order, final_denoise
 from .euler import heun_step
 
 # The VP-SDE of Song et al. 2021 (arXiv 2011.13456, App. C; k-diffusion's get_sigmas_vp): the diffusion time t of
@@ -49,22 +50,25 @@ def lagrange_basis(nodes: Sequence[float], t: float) -> list[float]:
     return values
 
 
-def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
-                       time: Callable[[float], float] | None = None) -> list[float]:
-    """``[int_a^b L_j(time(r)) dr]`` for the Lagrange basis ``L_j`` of ``nodes`` (``time`` defaults to the identity).
+def lagrange_integrals(nodes: Sequence[float], a: float, b: float, time: Callable[[float], float] | None = None,
+                       density: Callable[[float], float] | None = None) -> list[float]:
+    """``[int_a^b L_j(time(r)) density(r) dr]`` for the Lagrange basis ``L_j`` of ``nodes`` (``time`` defaults to
+    the identity, ``density`` to 1).
 
-    With the identity the integrand is a polynomial of degree ``len(nodes) - 1`` and Gauss-Legendre quadrature with
+    With neither the integrand is a polynomial of degree ``len(nodes) - 1`` and Gauss-Legendre quadrature with
     ``ceil(len(nodes) / 2)`` points integrates it exactly (degree ``2 m - 1`` with ``m`` points): these are the
-    Adams-Bashforth coefficients for the step ``a -> b``, in closed form from Python floats. With a ``time`` map,
-    ``TAB_QUADRATURE_POINTS`` points are used.
+    Adams-Bashforth coefficients for the step ``a -> b``, in closed form from Python floats. With a ``time`` map or
+    a ``density``, ``TAB_QUADRATURE_POINTS`` points are used.
     """
-    points = (len(nodes) + 1) // 2 if time is None else TAB_QUADRATURE_POINTS
+    exact = time is None and density is None
+    points = (len(nodes) + 1) // 2 if exact else TAB_QUADRATURE_POINTS
     half, mid = (b - a) / 2, (a + b) / 2
     totals = [0.0] * len(nodes)
     for u, w in zip(*_gauss_legendre(points)):
         r = mid + half * u
+        weight = w * half * (1.0 if density is None else density(r))
         for j, value in enumerate(lagrange_basis(nodes, r if time is None else time(r))):
-            totals[j] += w * half * value
+            totals[j] += weight * value
     return totals
 
 
@@ -232,8 +236,24 @@ def vp_time(sigma_ve: float) -> float:
     return (math.sqrt(VP_BETA_MIN**2 + 2 * VP_BETA_D * math.log1p(sigma_ve**2)) - VP_BETA_MIN) / VP_BETA_D
 
 
+DEIS_MODES = ("tab", "rhoab", "logrho")
+
+
+def deis_coefficients(deis_mode: str, rhos: Sequence[float], rho_next: float) -> list[float]:
+    """DEIS's ``[C_j] = [int_{rho_0}^{rho_next} L_j dr]`` for the Lagrange basis through the nodes ``rhos`` (newest
+    first, all finite and positive, like ``rho_next``), the polynomial in the mode's variable: ``rho`` ('rhoab'), the
+    VP time ``t(rho)`` ('tab') or ``u = log rho`` ('logrho', integrated over ``u`` with ``dr = e^u du``: the
+    integrand is smooth on any step, so 16 Gauss-Legendre points give it to rounding however far ``rho`` falls)."""
+    if deis_mode == "rhoab":
+        return lagrange_integrals(rhos, rhos[0], rho_next)
+    if deis_mode == "tab":
+        return lagrange_integrals([vp_time(r) for r in rhos], rhos[0], rho_next, vp_time)
+    return lagrange_integrals([math.log(r) for r in rhos], math.log(rhos[0]), math.log(rho_next), density=math.exp)
+
+
 @torch.no_grad()
-def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3, deis_mode="tab"):
+def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3, deis_mode="tab", *,
+                lower_order_final=False, final_call=False):
     """DEIS, Zhang & Chen 2022 (arXiv 2204.13902), tAB-DEIS and rhoAB-DEIS: an exponential
     integrator whose ``eps`` is extrapolated by the polynomial through the last ``max_order`` predictions.
 
@@ -246,19 +266,33 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
       so ``t`` is taken to be the time of the standard VP-SDE (Song et al. 2021, beta_min = 0.1, beta_d = 19.9,
       the setting of the DEIS paper's VPSDE experiments) at the same VE noise level: ``L_j(t(rho))`` integrated
       over ``rho`` by Gauss-Legendre quadrature. ComfyUI fits its VP time to EDM's range (0.002 .. 80) instead,
-      so its 'tab' coefficients differ slightly.
+      so its 'tab' coefficients differ slightly;
+    - ``'logrho'``: nodes and polynomial in ``log rho``: diffusers' ``DEISMultistepScheduler``
+      (``solver_type='logrho'``, the only one it has; its closed-form integrals ``ind_fn`` are these ``C_j``).
+      Unlike 'tab' it needs no model of the diffusion time.
+    The coefficients: :func:`deis_coefficients`.
     It is written as the DDIM step in data prediction (exact from flow sigma = 1) plus
     ``alpha_{i+1} sum_{j>=1} C_j (eps_{i-j} - eps_i)`` (the ``C_j`` sum to ``rho_{i+1} - rho_i``).
     Any geometry. Order up to ``max_order`` (3), 1 call per step, deterministic. A prediction made at an infinite
     ``rho`` (flow sigma = 1) is dropped from the history (the exact limit of its Lagrange weight is 0). The first
     step and the step into sigma = 0 are DDIM steps (the latter returns ``D``), as in ComfyUI.
+
+    The defaults are ComfyUI's. With ``deis_mode='logrho'`` and ``max_order`` its ``solver_order``, two options make
+    it diffusers' ``DEISMultistepScheduler``, whose schedules end above 0 (at ``sigma(t = 0)``, or on a repeated
+    sigma with Karras, exponential, beta or flow sigmas):
+        lower_order_final: on a schedule of fewer than 15 steps (the final call counted), the last step is first
+            order and the one before at most second (:func:`.dpmpp.diffusers_order`).
+        final_call: on a schedule ending above 0, call the model once more at the last sigma and return the sample
+            unchanged (:func:`.dpmpp.final_denoise`): diffusers' zero-length last step on a schedule ending on a
+            repeated sigma.
     """
     _check_order("max_order", max_order)
-    if deis_mode not in {"tab", "rhoab"}:
-        raise ValueError(f"deis_mode must be 'tab' or 'rhoab', got {deis_mode!r}")
-    time = vp_time if deis_mode == "tab" else None
+    if deis_mode not in DEIS_MODES:
+        raise ValueError(f"deis_mode must be one of {DEIS_MODES}, got {deis_mode!r}")
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
     geo, x = run.geometry, run.x
+    final = final_call and run.sigmas[-1] > 0
+    n_steps = len(run.sigmas) - 1 + final
     history: list[tuple[float, torch.Tensor]] = []  # (rho, eps), newest first, finite rho only
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
@@ -268,13 +302,13 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         eps = (x - alpha * denoised) / sigma
         h = geo.half_log_snr(sigma_next) - geo.half_log_snr(sigma)
         x_next = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * denoised  # DDIM
-        if history and sigma_next > 0:
-            nodes = [rho] + [r for r, _ in history]
-            if time is not None:
-                nodes = [time(r) for r in nodes]
-            coeffs = lagrange_integrals(nodes, rho, rho_next, time)
-            x_next = x_next + alpha_next * sum(c * (e - eps) for c, (_, e) in zip(coeffs[1:], history))
+        past = history[: diffusers_order(i, n_steps, max_order, lower_order_final) - 1]
+        if past and sigma_next > 0:
+            coeffs = deis_coefficients(deis_mode, [rho] + [r for r, _ in past], rho_next)
+            x_next = x_next + alpha_next * sum(c * (e - eps) for c, (_, e) in zip(coeffs[1:], past))
         if math.isfinite(rho):
             history = ([(rho, eps)] + history)[: max_order - 1]
         x = x_next
+    if final:
+        final_denoise(run, x)
     return run.finish(x)

@@ -24,6 +24,7 @@ import math
 import torch
 
 from .base import SamplerRun
+from .dpmpp import final_denoise
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -86,20 +87,29 @@ def _uni_step(geo, x, sigma, sigma_next, m0, points, solver_type, m_next=None):
     return x_next
 
 
+def _corrected(geo, x, sigma, denoised, pending, solver_type):
+    """UniC-p on the step just taken into ``sigma``, with ``m_t = D`` at the predicted sample ``x``; ``pending``
+    ``(x, sigma, D, points)`` of that step's UniP, or None (no corrector): ``x`` as it is."""
+    if pending is None:
+        return x
+    x_prev, sigma_prev, m_prev, points = pending
+    return _uni_step(geo, x_prev, sigma_prev, sigma, m_prev, points, solver_type, m_next=denoised)
+
+
 @torch.no_grad()
 def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, solver_type="bh1",
-                  use_corrector=True, lower_order_final=True):
+                  use_corrector=True, lower_order_final=True, final_call=False):
     """UniPC, Zhao et al. 2023 (arXiv 2302.04867), Alg. 1-3 (multistep UniP-p + UniC-p, data prediction).
 
     Any geometry (exponential integrator in ``lambda``, exact for VE and flow). 1 model call per step,
     deterministic. ``order`` (1-3) is the predictor order p; with the corrector the method is of order p + 1
     (paper, Sec. 3), except that the warm-up steps run at orders 1, 2, ... and, with ``lower_order_final``, the last
     steps at orders ..., 2, 1 (both as in the authors' code and diffusers). The corrector is never applied after the
-    last step (there is no further model output). Flow ``sigma = 1`` (``lambda = -inf``, ``h = inf``) is handled
-    by exact limits: the first step is the DDIM step ``x = sigma_t x + alpha_t D``, its UniC-1 correction adds
-    ``alpha_t (D_t - D) / 2`` (bh2's limit, used by bh1 too), and the output at ``sigma = 1`` never enters later
-    differences (``r = -inf`` makes them vanish), so the next step runs at order 1. The step into sigma = 0 is
-    first order and returns ``D`` (diffusers' bh1 gives NaN there).
+    last step (there is no further model output) unless ``final_call``. Flow ``sigma = 1`` (``lambda = -inf``,
+    ``h = inf``) is handled by exact limits: the first step is the DDIM step ``x = sigma_t x + alpha_t D``, its
+    UniC-1 correction adds ``alpha_t (D_t - D) / 2`` (bh2's limit, used by bh1 too), and the output at ``sigma = 1``
+    never enters later differences (``r = -inf`` makes them vanish), so the next step runs at order 1. The step into
+    sigma = 0 is first order and returns ``D`` (diffusers' bh1 gives NaN there).
 
     Defaults are ComfyUI's ``uni_pc`` (bh1, order 3, corrector on, lower order at the end; ComfyUI replaces a final 0
     by 0.001 and returns the sample there, which differs from ``D`` by ``~0.001 / sigma_last``). diffusers'
@@ -111,6 +121,12 @@ def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None
             (``B(h) = e^h - 1``).
         use_corrector: apply UniC after every step but the last (diffusers: ``disable_corrector=[]``).
         lower_order_final: use order ``min(order, steps left)`` (diffusers' and ComfyUI's default).
+        final_call: on a schedule ending above 0, call the model once more at the last sigma and correct the last
+            step with UniC (when ``use_corrector``), counting that call as one more step for ``lower_order_final``:
+            diffusers' ``UniPCMultistepScheduler`` on a schedule ending on a repeated sigma
+            (``final_sigmas_type='sigma_min'`` with Karras, exponential, beta or flow sigmas), whose zero-length last
+            step costs a call, applies the corrector and leaves the sample unchanged (:func:`.dpmpp.final_denoise`).
+            No effect on a schedule ending at 0.
     """
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
@@ -118,16 +134,15 @@ def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
     geo, x = run.geometry, run.x
-    n_steps = len(run.sigmas) - 1
+    final = final_call and run.sigmas[-1] > 0
+    n_steps = len(run.sigmas) - 1 + final  # diffusers counts its zero-length last step
     history = []  # (lambda, D) of earlier steps with finite lambda, most recent last
     pending = None  # (x, sigma, D, points) of the last UniP step, for UniC
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
         run.report(i, x, sigma, sigma, denoised)
         lam = geo.half_log_snr(sigma)
-        if pending is not None:  # UniC-p on the step just taken, with m_t = D at the predicted sample
-            x_prev, sigma_prev, m_prev, points = pending
-            x = _uni_step(geo, x_prev, sigma_prev, sigma, m_prev, points, solver_type, m_next=denoised)
+        x = _corrected(geo, x, sigma, denoised, pending, solver_type)
         if sigma_next == 0:  # the exact first-order step into 0; no higher-order limit exists
             x, pending = denoised, None
             continue
@@ -137,15 +152,18 @@ def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None
         x = _uni_step(geo, x, sigma, sigma_next, denoised, points, solver_type)  # UniP-p
         if math.isfinite(lam):
             history = (history + [(lam, denoised)])[-(order - 1):] if order > 1 else []
+    if final:
+        x = _corrected(geo, x, run.sigmas[-1], final_denoise(run, x), pending, solver_type)
     return run.finish(x)
 
 
 @torch.no_grad()
 def sample_uni_pc_bh2(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, use_corrector=True,
-                      lower_order_final=True):
+                      lower_order_final=True, final_call=False):
     """UniPC with ``B(h) = e^h - 1``, Zhao et al. 2023 (arXiv 2302.04867), Alg. 1-3: :func:`sample_uni_pc` with
     ``solver_type='bh2'`` (ComfyUI's ``uni_pc_bh2``; with ``order=2`` it is diffusers' default
     ``UniPCMultistepScheduler``). Any geometry, order ``order + 1`` with the corrector, 1 call per step,
-    deterministic; the step into sigma = 0 returns ``D``."""
+    deterministic; the step into sigma = 0 returns ``D``. ``final_call``: diffusers' call at a repeated final
+    sigma, as in :func:`sample_uni_pc`."""
     return sample_uni_pc(model, x, sigmas, extra_args, callback, disable, order=order, solver_type="bh2",
-                         use_corrector=use_corrector, lower_order_final=lower_order_final)
+                         use_corrector=use_corrector, lower_order_final=lower_order_final, final_call=final_call)

@@ -98,6 +98,8 @@ _SPECS = [
           aliases=["dpmpp_3m_sde_gpu"]),
     _spec("ddpm", "ddpm:sample_ddpm", None, 1, True, "Ho et al. 2020, arXiv 2006.11239, Alg. 2", ["DDPM"]),
     _spec("lcm", "ddpm:sample_lcm", None, 1, True, "Luo et al. 2023, arXiv 2310.04378", ["LCM"]),
+    _spec("tcd", "ddpm:sample_tcd", 1, 1, True,
+          "Zheng et al. 2024, arXiv 2402.19159 (TCD's strategic stochastic sampling, as diffusers' TCDScheduler)"),
     _spec("plms", "multistep:sample_plms", 2, 1, False,
           "Liu et al. 2022, arXiv 2202.09778 (PLMS, as diffusers' PNDMScheduler with skip_prk_steps)"),
     _spec("ipndm", "multistep:sample_ipndm", 2, 1, False, "Zhang & Chen 2022, arXiv 2204.13902 (iPNDM)"),

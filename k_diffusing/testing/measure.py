@@ -67,6 +67,7 @@ MEASURES: dict[str, Measure] = {
     "dpmpp_3m_sde": Measure((40, 80, 160, 320), {"eta": 0.0}),
     "ddpm": Measure(None, moment_steps=1000),
     "lcm": Measure(None),
+    "tcd": Measure((20, 40, 80, 160), {"gamma": 0.0}),  # gamma = 0: DDIM (euler)
     "ipndm": Measure((40, 80, 160, 320)),
     "plms": Measure((40, 80, 160, 320)),
     "ipndm_v": Measure(),

@@ -180,16 +180,26 @@ def is_flow_config(class_name: str, config) -> bool:
 
 def _base_class(name: str | None, config: dict) -> type:
     """The diffusers scheduler class that computes the schedule: the config's ``_class_name``, or (when it names
-    none) FlowMatchEulerDiscreteScheduler for a flow-looking config and EulerDiscreteScheduler otherwise."""
+    none) FlowMatchEulerDiscreteScheduler for a flow-looking config and EulerDiscreteScheduler otherwise; a config
+    whose keys are exactly another class's (one built in code) is refused, as it would silently run Euler."""
     if name:
         cls = getattr(diffusers, name, None)
         if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)) or cls is KScheduler:
             raise ValueError(f"base scheduler {name!r} is not a diffusers scheduler class")
         return cls
     flow_keys = {"shift", "use_dynamic_shifting", "base_shift", "max_shift"}
-    if flow_keys & set(config) and "beta_start" not in config:
-        return diffusers.FlowMatchEulerDiscreteScheduler
-    return diffusers.EulerDiscreteScheduler
+    guess = (diffusers.FlowMatchEulerDiscreteScheduler if flow_keys & set(config) and "beta_start" not in config
+             else diffusers.EulerDiscreteScheduler)
+    keys = {k for k in config if not k.startswith("_") and k not in OWN_KEYS}
+    owners = [name for name in dir(diffusers) if name.endswith("Scheduler") and name != guess.__name__
+              and isinstance(getattr(diffusers, name), type) and _config_keys(getattr(diffusers, name)) == keys]
+    if owners and not keys <= (_config_keys(guess) or keys):
+        raise ValueError(
+            f"the config names no _class_name (a scheduler built in code keeps none until it is saved) and its keys "
+            f"are exactly {owners[0]}'s, not {guess.__name__}'s (the class assumed then): use "
+            f"KScheduler.from_scheduler(scheduler) or pass base_scheduler={owners[0]!r}"
+        )
+    return guess
 
 
 def _x0_limit(config) -> Callable[[torch.Tensor], torch.Tensor] | None:

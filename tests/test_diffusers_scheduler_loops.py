@@ -278,33 +278,34 @@ KNOWN_FAILURES = {
         ("test_full_loop_no_noise", "mean 0.24878 vs 0.23916, max |diff| 0.019"),
         ("test_full_loop_with_v_prediction", "mean 0.10287 vs 0.091, max |diff| 0.024"),
         ("test_full_loop_with_noise", "sum 332.615 vs 315.302, max |diff| 0.026")]},
-    **{f"DDIMScheduler-{test}": _refused("DDIMScheduler(clip_sample=True)", "ValueError 'with clip_sample/"
-                                         "thresholding ... no k-sampler is its exact equivalent'")
-       for test in ("test_full_loop_no_noise", "test_full_loop_with_v_prediction",
-                    "test_full_loop_with_set_alpha_to_one", "test_full_loop_with_no_set_alpha_to_one",
-                    "test_full_loop_with_noise")},
-    **{f"DDPMScheduler-{test}": (
-        "KScheduler: the loop steps DDPMScheduler over every training timestep without set_timesteps (native: "
-        "timesteps default to 999..0); KScheduler raises RuntimeError 'set_timesteps must be called before sampling' "
-        "(its timesteps are None: TypeError for the add_noise start); its config also has clip_sample=True")
-       for test in ("test_full_loop_no_noise", "test_full_loop_with_v_prediction", "test_full_loop_with_noise")},
     **{f"{cls}-{test}": _refused(cls, NO_EQUIVALENT) for cls, tests in [
         ("SASolverScheduler", ["test_full_loop_with_v_prediction", "test_full_loop_device",
                                "test_full_loop_device_karras_sigmas"]),
         ("DPMSolverSinglestepScheduler", ["test_full_loop_no_noise", "test_full_loop_with_v_prediction",
                                           "test_full_uneven_loop", "test_full_loop_with_noise"]),
-        ("PNDMScheduler", ["test_full_loop_no_noise", "test_full_loop_with_v_prediction",
-                           "test_full_loop_with_set_alpha_to_one", "test_full_loop_with_no_set_alpha_to_one"]),
     ] for test in tests},
 }
 # what each of these loops meets next, once its class is accepted
 KNOWN_FAILURES["SASolverScheduler-test_full_loop_with_v_prediction"] += (
     "; then the loop's scale_model_input(sample, t, generator=...) is a TypeError (KScheduler's takes no generator)")
-for test in ("test_full_loop_no_noise", "test_full_loop_with_v_prediction", "test_full_loop_with_set_alpha_to_one",
-             "test_full_loop_with_no_set_alpha_to_one"):
-    KNOWN_FAILURES[f"PNDMScheduler-{test}"] += (
-        "; then the loop (skip_prk_steps=False) reads prk_timesteps / plms_timesteps and calls step_prk / step_plms, "
-        "which KScheduler lacks")
+# Loops KScheduler refuses, each for a stated reason: id -> (exception, words of its message). DDIM with clip_sample
+# steps with the clipped x0 and the unclipped eps (two x0 estimates, a k-sampler sees one); PNDM's PRK warm-up calls
+# the network at half-way timesteps of the training grid; the DDPM loops step without set_timesteps, which KScheduler
+# needs (its plan is a dry run of the sampler over the schedule set there; planning the base's 1000-step
+# construction-time schedule eagerly would cost every KScheduler that dry run).
+REFUSED = {
+    **{f"DDIMScheduler-{test}": (ValueError, "needs two different estimates of x0")
+       for test in ("test_full_loop_no_noise", "test_full_loop_with_v_prediction",
+                    "test_full_loop_with_set_alpha_to_one", "test_full_loop_with_no_set_alpha_to_one",
+                    "test_full_loop_with_noise")},
+    **{f"PNDMScheduler-{test}": (ValueError, "half-way timesteps")
+       for test in ("test_full_loop_no_noise", "test_full_loop_with_v_prediction",
+                    "test_full_loop_with_set_alpha_to_one", "test_full_loop_with_no_set_alpha_to_one")},
+    **{f"DDPMScheduler-{test}": (RuntimeError, "set_timesteps must be called before sampling")
+       for test in ("test_full_loop_no_noise", "test_full_loop_with_v_prediction")},
+    # this loop first reads timesteps[t_start], None before set_timesteps
+    "DDPMScheduler-test_full_loop_with_noise": (TypeError, "'NoneType' object is not subscriptable"),
+}
 
 
 def _step_args(loop: Loop, generator) -> tuple[tuple, dict]:
@@ -387,6 +388,13 @@ def _with_known_failure(loop: Loop):
     return pytest.param(loop, id=loop.id, marks=marks)
 
 
-@pytest.mark.parametrize("loop", [_with_known_failure(loop) for loop in KEPT])
+@pytest.mark.parametrize("loop", [_with_known_failure(loop) for loop in KEPT if loop.id not in REFUSED])
 def test_kscheduler_loop(loop):
     check_numbers(run_loop(KScheduler.from_scheduler(native(loop)), loop), loop)
+
+
+@pytest.mark.parametrize("loop", [loop for loop in KEPT if loop.id in REFUSED], ids=lambda loop: loop.id)
+def test_kscheduler_refuses_with_its_reason(loop):
+    error, words = REFUSED[loop.id]
+    with pytest.raises(error, match=words):
+        run_loop(KScheduler.from_scheduler(native(loop)), loop)

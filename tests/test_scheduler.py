@@ -490,6 +490,16 @@ def test_a_config_without_class_name_is_euler_or_flowmatch_euler():
     assert type(flow.base) is FlowMatchEulerDiscreteScheduler and flow.geometry is FLOW
 
 
+@pytest.mark.parametrize("cls", ["HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "DDIMScheduler"])
+def test_a_config_built_in_code_of_another_class_is_refused(cls):
+    """A scheduler built in code keeps no ``_class_name`` in its config; taking it as EulerDiscrete would run the
+    wrong sampler silently, so a config whose keys are exactly another class's is refused, naming that class."""
+    import diffusers
+
+    with pytest.raises(ValueError, match=f"exactly {cls}'s.*from_scheduler"):
+        KScheduler.from_config(getattr(diffusers, cls)().config)
+
+
 def test_noise_from_the_global_rng_is_logged():
     """A stochastic sampler stepped without a generator (FluxPipeline, SD3 and Wan pass none) draws from torch's global
     RNG, as diffusers' own schedulers do, and says so once per run in the log."""

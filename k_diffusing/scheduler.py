@@ -196,8 +196,8 @@ def _base_class(name: str | None, config: dict) -> type:
     if owners and not keys <= (_config_keys(guess) or keys):
         raise ValueError(
             f"the config names no _class_name (a scheduler built in code keeps none until it is saved) and its keys "
-            f"are exactly {owners[0]}'s, not {guess.__name__}'s (the class assumed then): use "
-            f"KScheduler.from_scheduler(scheduler) or pass base_scheduler={owners[0]!r}"
+            f"are exactly {' or '.join(f'{o}' + chr(39) + 's' for o in owners)}, not {guess.__name__}'s (the class "
+            f"assumed then): use KScheduler.from_scheduler(scheduler) or pass base_scheduler='<its class name>'"
         )
     return guess
 

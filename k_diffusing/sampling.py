@@ -24,7 +24,7 @@ from .samplers.cfg_pp import (
     sample_res_multistep_ancestral_cfg_pp,
     sample_res_multistep_cfg_pp,
 )
-from .samplers.ddpm import sample_ddpm, sample_lcm
+from .samplers.ddpm import sample_ddpm, sample_lcm, sample_tcd
 from .samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from .samplers.dpmpp import (
     sample_dpmpp_2m,
@@ -120,6 +120,7 @@ __all__ = [
     "sample_seeds_2",
     "sample_seeds_3",
     "sample_uni_pc",
+    "sample_tcd",
     "sample_uni_pc_bh2",
     "to_d",
 ]

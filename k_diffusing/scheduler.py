@@ -51,7 +51,8 @@ from .samplers.base import distinct_sigmas, dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
-from .pipelines.schedulers import (brownian_noise_for, call_keywords, check_supported, flow_shift, known_class,
+from .pipelines.schedulers import (brownian_noise_for, call_keywords, check_supported, equivalent, flow_shift,
+                                   known_class,
                                    limits_denoised, read_schedule, set_up)
 
 logger = logging.getLogger(__name__)
@@ -368,6 +369,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             bool(quantize_timesteps) if quantize_timesteps is not None else self._mode.name == "comfyui")
         self._function, self._spec, self._schedule, self._kwargs = pick_sampler(base, sampler, sigma_schedule,
                                                                                 sampler_kwargs)
+        self._equivalent = equivalent(base) if sampler is None else None
+        self._step_values = {}
         self._sampler_id = _catalogue_name(sampler, self._spec, self._function)
         if self._mode.seeded:
             self._check_seeded(base)
@@ -781,7 +784,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _start(self, sample: torch.Tensor, generator) -> _Call:
         step = self._begin_step(self._step_index)
-        kwargs = dict(self._kwargs)
+        kwargs = {**self._kwargs, **self._equivalent_options(step)}
         sigmas = self._k_sigmas[step:]
         generator = generator if generator is not None else self._generator
         if self._mode.seeded:
@@ -808,11 +811,24 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._greenlet = greenlet.greenlet(run)
         return self._resume(self._to_state(sample, sigmas[0]))
 
+    def _equivalent_options(self, step: int) -> dict:
+        """The equivalent's options from the base's ``step`` keywords of this run (their base defaults where the
+        pipeline passed none) and from the set-up base (per-step lists, from ``step`` on)."""
+        eq = self._equivalent
+        if eq is None or not (eq.step_options or eq.run_options):
+            return {}
+        defaults = inspect.signature(self.base.step).parameters
+        options = {name: self._step_values.get(base_name, defaults[base_name].default)
+                   for base_name, name in eq.step_options.items()}
+        if eq.run_options is not None and self._own is not None:  # on the base's own schedule
+            options.update({k: v[step:] for k, v in eq.run_options(self.base, options).items()})
+        return options
+
     def _resume(self, value):
         self._greenlet.parent = greenlet.getcurrent()
         return self._greenlet.switch(value)
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, *args, generator=None,
              return_dict: bool = True, eta: float | None = None, **base_kwargs):
         """Give the sampler ``D`` at the current call and run it to its next call.
 
@@ -821,6 +837,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             timestep: the current timestep (used only to find the start when no begin index was set).
             sample: the latents the network saw; if they are not the tensor the last ``step`` returned (inpainting,
                 a callback), they replace the sampler's state.
+            args: further positional arguments, bound in the order of the base's ``step`` (DDIM and TCD: ``eta``
+                first; LCM: ``generator``), as diffusers' own loops pass them.
             generator: one ``torch.Generator`` or one per batch item, for stochastic samplers (read at the first call).
             eta: what SD-family pipelines pass to every scheduler whose ``step`` takes it (their ``eta`` argument,
                 default 0): 0 or None. The sampler's own ``eta`` goes in ``sampler_kwargs`` (DDIM's eta is
@@ -832,12 +850,23 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         Returns:
             :class:`KSchedulerOutput` (``prev_sample``, ``pred_original_sample``) or that tuple.
         """
-        if eta:
+        if args:
+            bound = self._positional(args, {"generator": generator, "return_dict": return_dict, "eta": eta,
+                                            **base_kwargs})
+            generator, return_dict, eta = bound.pop("generator"), bound.pop("return_dict"), bound.pop("eta")
+            base_kwargs = bound
+        step_options = self._equivalent.step_options if self._equivalent is not None else {}
+        if eta is not None and "eta" in step_options:  # the equivalent's own option (TCD's gamma)
+            base_kwargs["eta"] = eta
+        elif eta:
             raise ValueError(f"step(eta={eta!r}): KScheduler takes the sampler's eta as sampler_kwargs={{'eta': "
-                             f"{eta!r}}} (a stochastic sampler: DDIM's eta is euler_ancestral's, TCD's gamma has no "
-                             "k-sampler yet); the pipeline's eta must be 0")
+                             f"{eta!r}}} (a stochastic sampler: DDIM's eta is euler_ancestral's); the pipeline's eta "
+                             "must be 0 here (it is the sampler's own option only where the base is TCD)")
+        passed = {k: base_kwargs.pop(k) for k in list(base_kwargs) if k in step_options}
         if base_kwargs:
             self._check_step_extras(base_kwargs, timestep)
+        if self._greenlet is None:
+            self._step_values = passed
         self._init_step_index(timestep)
         index = self._step_index
         if index >= len(self._plan.sigmas):
@@ -876,6 +905,20 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, out_denoised
         return KSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out_denoised)
+
+    def _positional(self, args: tuple, keywords: dict) -> dict:
+        """``keywords`` with the positional ``args`` of a ``step`` call bound to the names the base's ``step`` has
+        after ``(model_output, timestep, sample)``; a name given both ways, or too many, raise as Python would."""
+        names = list(inspect.signature(self.base.step).parameters)[3:]
+        if len(args) > len(names):
+            raise TypeError(f"{type(self.base).__name__}.step takes {len(names) + 3} positional arguments "
+                            f"(model_output, timestep, sample, {', '.join(names)}), got {len(args) + 3}")
+        defaults = {"generator": None, "return_dict": True, "eta": None}
+        for name, value in zip(names, args):
+            if keywords.get(name, defaults.get(name)) is not defaults.get(name):
+                raise TypeError(f"step got multiple values for argument {name!r}")
+            keywords[name] = value
+        return keywords
 
     def _check_step_extras(self, extras: dict, timestep) -> None:
         """The base ``step``'s own keywords: accepted at their defaults (what KScheduler does anyway) and for

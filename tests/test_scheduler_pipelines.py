@@ -41,8 +41,6 @@ DISCRETE_PAIRS = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "
 SAMPLERS = ["euler_ancestral", "heun", "dpmpp_2m_sde", "uni_pc", "res_multistep", "dpmpp_2m"]
 # Zoo cases whose own scheduler KScheduler(sampler=None) does not reproduce, with what stands in the way (issue 23).
 NOT_EQUIVALENT = {
-    "sd15_tcd": "TCD's gamma (the pipeline's eta=0.3) re-noises to timestep floor((1 - gamma) t_prev): no k-sampler "
-                "yet; step(eta=0.3) is refused",
     "cogvideox": "zero terminal SNR (rescale_betas_zero_snr): the first sigma is inf, which the VE samplers cannot "
                  "hold (needs a VP geometry)",
     "cogvideox_dpm": "CogVideoXDPMScheduler has no k-sampler equivalent, and zero terminal SNR (first sigma inf)",

@@ -15,6 +15,7 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -23,10 +24,15 @@ from ..noise import BrownianTreeNoiseSampler
 
 @dataclass(frozen=True)
 class Equivalent:
-    """The k-sampler a scheduler class runs, with the options read from its config."""
+    """The k-sampler a scheduler class runs, with the options read from its config. ``step_options`` maps keywords
+    of the base's ``step`` to sampler options (TCD's ``eta`` is tcd's ``gamma``: the pipeline passes it per call;
+    absent, the base step's default); ``run_options(base, kwargs)`` gives options computed from the set-up base
+    and those values, one entry per step of its own schedule (TCD's intermediate sigmas)."""
 
     sampler: str
     kwargs: dict = field(default_factory=dict)
+    step_options: dict = field(default_factory=dict)
+    run_options: Callable | None = None
 
 
 def _dpm_multistep(config) -> Equivalent:
@@ -77,6 +83,17 @@ def _ddpm(config, name: str) -> Equivalent:
     return Equivalent("ddpm")
 
 
+def _tcd_sigmas_s(scheduler, kwargs: dict) -> dict:
+    """TCD's intermediate levels (diffusers' ``TCDScheduler.step``): after the step from ``t`` the sample is taken to
+    timestep ``s = floor((1 - gamma) t_prev)`` (``t_prev``: the next timestep, 0 after the last), computed as
+    diffusers computes it (a float32 product, so ``0.7 * 10`` floors to 6), before re-noising to ``t_prev``."""
+    timesteps = scheduler.timesteps.cpu()
+    previous = torch.cat([timesteps[1:], torch.zeros(1, dtype=timesteps.dtype)])
+    s = torch.floor((1 - kwargs["gamma"]) * previous).to(torch.long)
+    acp = scheduler.alphas_cumprod.to(torch.float32).cpu()[s]
+    return {"sigmas_s": (((1 - acp) / acp) ** 0.5).double().tolist()}
+
+
 def _pndm(config) -> Equivalent:
     """PNDM with ``skip_prk_steps`` (PLMS, the SD 1.x default) is ``plms``; its pseudo Runge-Kutta warm-up
     evaluates the network at half-way timesteps ``t - stride / 2`` of the integer training grid, which are not in
@@ -121,7 +138,7 @@ _EQUIVALENTS = {
     "DDIMParallelScheduler": lambda c: _ddim(c, "DDIMParallelScheduler"),
     "DDPMParallelScheduler": lambda c: _ddpm(c, "DDPMParallelScheduler"),
     "CogVideoXDDIMScheduler": lambda c: _ddim(c, "CogVideoXDDIMScheduler"),
-    "TCDScheduler": lambda c: Equivalent("euler"),
+    "TCDScheduler": lambda c: Equivalent("tcd", step_options={"eta": "gamma"}, run_options=_tcd_sigmas_s),
     "PNDMScheduler": _pndm,
     "EDMEulerScheduler": lambda c: Equivalent("euler"),
     "EDMDPMSolverMultistepScheduler": _dpm_multistep,

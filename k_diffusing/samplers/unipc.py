@@ -10,9 +10,10 @@ Notation (data prediction, "UniPC with B(h)"): a step from ``s`` to ``t`` with `
 
 with ``rho`` solving ``sum_k rho_k r_k^(i-1) = i! psi_{i+1}(-h) / B(h)``, ``psi_{k+1}(z) = (e^z - sum_{j<=k} z^j/j!)
 / z^k`` (the paper's order conditions, Sec. 3), and ``B = -h`` ('bh1', the paper's ``B(h) = h``) or
-``B = e^{-h} - 1`` ('bh2', ``B(h) = e^h - 1``): the paper's ``B`` at ``-h``, as in the authors' data-prediction code. UniP-p uses the ``p - 1`` previous outputs. UniC-p repeats the step
-it corrects with the new output ``m_t`` as one more point (``r = 1``) and no extra model call; the next step starts
-from the corrected sample while ``m_t`` (taken at the uncorrected one) enters the history. With a single point
+``B = e^{-h} - 1`` ('bh2', ``B(h) = e^h - 1``): the paper's ``B`` at ``-h``, as in the authors' data-prediction
+code. UniP-p uses the ``p - 1`` previous outputs. UniC-p repeats the step it corrects with the new output ``m_t``
+as one more point (``r = 1``) and no extra model call; the next step starts from the corrected sample while ``m_t``
+(taken at the uncorrected one) enters the history. With a single point
 ``rho = 1/2`` (the authors' and diffusers' simplification for UniP-2 and UniC-1; it satisfies the condition to the
 order needed).
 """

@@ -116,6 +116,18 @@ class _Done(NamedTuple):
     x: torch.Tensor
 
 
+class _PairedTimesteps:
+    """A timestep rule: the base's own timestep where ``(sigma, t)`` is one of its pairs (exact floats), else
+    ``rule(sigma)``."""
+
+    def __init__(self, known, rule: Callable[[float], float]):
+        self.known = {} if known is None else dict(zip(known[0].tolist(), known[1].tolist()))
+        self.rule = rule
+
+    def host_t(self, sigma: float) -> float:
+        return self.known[sigma] if sigma in self.known else self.rule(sigma)
+
+
 class _PreconditionedNoise:
     """The timestep rule of an EDM-preconditioned base: its ``precondition_noise(sigma)`` (``c_noise``; ``0.25 log
     sigma`` for EDM's Karras schedule), evaluated on the float32 sigma as the base does, or the base's own timestep
@@ -201,6 +213,15 @@ def _base_class(name: str | None, config: dict) -> type:
             f"assumed then): use KScheduler.from_scheduler(scheduler) or pass base_scheduler='<its class name>'"
         )
     return guess
+
+
+def _carried_in_flow(base) -> str | None:
+    """"trig" for a TrigFlow base (SCM), "vp" for VP latents whose table reaches zero SNR (``alphas_cumprod[-1] =
+    0``, CogVideoX's ``rescale_betas_zero_snr``), else None: what KScheduler carries in flow units."""
+    if base.config.get("prediction_type") == "trigflow":
+        return "trig"
+    table = getattr(base, "alphas_cumprod", None)
+    return "vp" if table is not None and float(table[-1]) == 0.0 else None
 
 
 def _x0_limit(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -349,9 +370,14 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._mode = seeding.seed_mode(noise, noise_options)
         check_supported(base)
         self.base = base
-        self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) else VE
+        # VP latents that reach zero SNR (CogVideoX's rescaled betas: sigma = inf in VE units) and TrigFlow (SCM) are
+        # carried in flow units, where that end is sigma = 1: x_flow = x_vp sqrt(s^2 + (1 - s)^2) (TrigFlow: over
+        # sigma_data), s = sigma_vp / (alpha_vp + sigma_vp); the flow ODE there is the same probability flow
+        self._carried = _carried_in_flow(base)
+        self._data_scale = float(base.config.get("sigma_data", 1.0)) if self._carried == "trig" else 1.0
+        self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) or self._carried else VE
         prediction_type = base.config.get("prediction_type") or "epsilon"
-        if self.geometry is VE and prediction_type not in PREDICTION_TYPES:
+        if (self.geometry is VE or self._carried == "vp") and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {prediction_type!r} is not supported; accepted: "
                              f"{', '.join(map(repr, PREDICTION_TYPES))} (discrete) or a flow-matching scheduler")
         self._prediction_type = prediction_type
@@ -485,6 +511,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 discard = discard and timesteps is None and sigmas is None
             own = read_schedule(set_up(self.base, num_inference_steps, timesteps, sigmas, mu, **given))  # our copy
             k_sigmas, known = own.sigmas, own.known
+            if self._carried:  # VE levels (inf at zero SNR) to flow ones
+                k_sigmas = k_sigmas.apply_(FLOW.from_ve)
+                known = None if known is None else (known[0].double().apply_(FLOW.from_ve), known[1])
             if sigmas is not None and self.geometry is VE:
                 check_schedule_fits(k_sigmas, None, self._sigma_max(), "the model's sigma table")
         if discard:
@@ -509,8 +538,10 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 "(KSDXLPipeline, KSDPipeline, KSD3Pipeline, the SDXL img2img/inpaint/ControlNet ones, KFluxPipeline "
                 "with a negative prompt), or give the scheduler a source with scheduler.set_guidance(fn)"
             )
+        # TrigFlow's timesteps end with its final t = 0, which is no call (its pipeline loops over timesteps[:-1])
+        final = [self._bridge.host_t(self._k_sigmas[-1])] if self._carried == "trig" else []
         self.timesteps = _timesteps_like(getattr(self.base, "timesteps", None),
-                                         [self._bridge.host_t(s) for s in self._plan.sigmas], device)
+                                         [self._bridge.host_t(s) for s in self._plan.sigmas] + final, device)
         self.sigmas = torch.tensor(self._plan.sigmas + (self._k_sigmas[-1],), dtype=torch.float32)
         self.num_inference_steps = len(self._k_sigmas) - 1
         self.order = self._plan.order
@@ -536,6 +567,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _named_schedule(self, steps: int, mu: float | None, schedule: str) -> torch.Tensor:
         config = self.base.config
+        if self._carried == "trig":
+            raise ValueError(f"sigma_schedule={schedule!r} needs the model's noise levels, and a TrigFlow model "
+                             "(SCMScheduler) has no table; use sigma_schedule=None (its own timesteps)")
+        if self._carried:  # the VP table in flow units (zero SNR: 1)
+            table = sigmas_from_alphas_cumprod(self.base.alphas_cumprod.double()).apply_(FLOW.from_ve)
+            return get_sigmas(schedule, steps, sigma_table=table)
         if self.geometry is FLOW:
             table = flow_sigma_table(flow_shift(self.base, mu), config.num_train_timesteps)
             sigmas = get_sigmas(schedule, steps, sigma_table=table)
@@ -586,6 +623,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _timestep_map(self, known):
         """A bridge denoiser used only for its sigma -> timestep rule (``host_t``)."""
+        if self._carried == "trig":  # TrigFlow's t: tan t = s / (1 - s)
+            return _PairedTimesteps(known, lambda s: math.atan2(s, 1.0 - s))
+        if self._carried:
+            ve = DiscreteDenoiser(None, self.base.alphas_cumprod, self._prediction_type,
+                                  "quantized" if self._quantize else "continuous", None)
+            return _PairedTimesteps(known, lambda s: ve.host_t(FLOW.to_ve(s)))
         if self.geometry is FLOW:
             return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
         if self._edm:
@@ -726,7 +769,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         same bits as the bridge's sigma tensor); v needs ``sqrt(s^2 + 1)`` in the state dtype, as the bridge
         computes it."""
         prediction = model_output.to(x.dtype)
-        if self.geometry is FLOW:
+        if self._carried:
+            denoised = self._carried_denoised(x, sigma, prediction)
+        elif self.geometry is FLOW:
             denoised = x - sigma * prediction
         elif self._edm:
             denoised = self.base.precondition_outputs(x, prediction, torch.tensor(sigma, dtype=torch.float32))
@@ -736,13 +781,38 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             denoised = discrete_denoised(x, s, prediction, kind)
         return denoised if self._limit is None else self._limit(denoised)
 
+    def _state_scale(self, sigma: float) -> float:
+        """The sampler's state over the loop's latents at ``sigma``: ``sqrt(sigma^2 + 1)`` for VP latents in VE
+        units, ``sqrt(s^2 + (1 - s)^2) / sigma_data`` for latents carried in flow units, else 1."""
+        if self._carried:
+            return math.hypot(sigma, 1.0 - sigma) / self._data_scale
+        return math.sqrt(sigma**2 + 1) if self._vp else 1.0
+
     def _to_state(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
         """The sampler's state (VE or flow units) from the loop's latents at ``sigma``."""
-        return latents * math.sqrt(sigma**2 + 1) if self._vp else latents
+        scale = self._state_scale(sigma)
+        return latents * scale if scale != 1.0 else latents
 
     def _to_latents(self, x: torch.Tensor, sigma: float, dtype: torch.dtype) -> torch.Tensor:
         """The loop's latents (in ``dtype``) from the sampler's state at ``sigma``."""
-        return (x / math.sqrt(sigma**2 + 1) if self._vp else x).to(dtype)
+        scale = self._state_scale(sigma)
+        return (x / scale if scale != 1.0 else x).to(dtype)
+
+    def _carried_denoised(self, x: torch.Tensor, sigma: float, prediction: torch.Tensor) -> torch.Tensor:
+        """``D`` (state units) of a base carried in flow units, by the base's own formula on its latents:
+        VP with ``alpha = (1 - s) / r``, ``sigma_vp = s / r`` (``r = sqrt(s^2 + (1 - s)^2)``; v at zero SNR is
+        ``D = -v``); TrigFlow's ``x0 = cos(t) x - sin(t) F`` at the base's own ``t``, over ``sigma_data``."""
+        latents = x / self._state_scale(sigma)
+        if self._carried == "trig":
+            t = self._bridge.host_t(sigma)
+            return (math.cos(t) * latents - math.sin(t) * prediction) / self._data_scale
+        r = math.hypot(sigma, 1.0 - sigma)
+        alpha, sigma_vp = (1.0 - sigma) / r, sigma / r
+        if self._prediction_type == "sample":
+            return prediction
+        if self._prediction_type == "v_prediction":
+            return alpha * latents - sigma_vp * prediction
+        return (latents - sigma_vp * prediction) / alpha
 
     def _mode_seeds(self, batch: int, generator, device: torch.device):
         """The seed mode's seed(s): :meth:`set_seed`'s, else the generators' ``initial_seed()``, which must be the
@@ -901,7 +971,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                 "stopped the run there (common causes: float16 overflow in the network, a schedule outside the "
                 "model's range, a sampler option such as a large s_noise)"
             )
-        out_denoised = denoised.to(sample.dtype)  # x0 is the same in VE and VP units
+        # x0 is the same in VE, VP and flow units; TrigFlow's state is over sigma_data
+        out_denoised = (denoised * self._data_scale if self._data_scale != 1.0 else denoised).to(sample.dtype)
         if not return_dict:
             return prev_sample, out_denoised
         return KSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out_denoised)
@@ -968,6 +1039,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         """``x0`` noised to each timestep's sigma in this scheduler's latent units: ``x0 + sigma noise`` (VE),
         that over ``sqrt(sigma^2 + 1)`` (VP latents), ``(1 - sigma) x0 + sigma noise`` (flow)."""
         sigma = self._noise_sigmas(timesteps, original_samples)
+        if self._carried:  # ((1 - s) x0 + s sigma_data noise) / r: the base's VP / TrigFlow latents
+            r = (sigma**2 + (1.0 - sigma) ** 2) ** 0.5
+            return ((1.0 - sigma) * original_samples + sigma * self._data_scale * noise) / r
         if self.geometry is FLOW:
             return sigma * noise + (1.0 - sigma) * original_samples
         noised = original_samples + noise * sigma

@@ -138,6 +138,7 @@ _EQUIVALENTS = {
     "DDIMParallelScheduler": lambda c: _ddim(c, "DDIMParallelScheduler"),
     "DDPMParallelScheduler": lambda c: _ddpm(c, "DDPMParallelScheduler"),
     "CogVideoXDDIMScheduler": lambda c: _ddim(c, "CogVideoXDDIMScheduler"),
+    "SCMScheduler": lambda c: Equivalent("lcm"),
     "TCDScheduler": lambda c: Equivalent("tcd", step_options={"eta": "gamma"}, run_options=_tcd_sigmas_s),
     "PNDMScheduler": _pndm,
     "EDMEulerScheduler": lambda c: Equivalent("euler"),
@@ -276,6 +277,10 @@ def read_schedule(scheduler) -> SchedulerSigmas:
     if own_sigmas is not None:
         table = torch.as_tensor(own_sigmas).to(torch.float32).cpu()
         known = (table[: len(ts)], ts) if name in _PAIRED else None
+    elif scheduler.config.get("prediction_type") == "trigflow":  # SCM: x = cos(t) x0 + sin(t) sigma_data z
+        ts64 = scheduler.timesteps.to(torch.float64).cpu()
+        table = torch.tan(ts64.clamp(max=math.pi / 2))  # VE level of x / (sigma_data cos t); pi/2 rounds up to 1.5708
+        known = (table[:-1], ts[:-1])  # its timesteps end with the final 0, which is no call
     elif getattr(scheduler, "alphas_cumprod", None) is not None:
         acp = scheduler.alphas_cumprod.to(torch.float32).cpu()
         final_acp = _FINAL_ALPHA_CUMPROD.get(name, lambda s: getattr(s, "final_alpha_cumprod", 1.0))(scheduler)

@@ -382,6 +382,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                              f"{', '.join(map(repr, PREDICTION_TYPES))} (discrete) or a flow-matching scheduler")
         self._prediction_type = prediction_type
         self._limit = _x0_limit(base.config)
+        # LCM's boundary condition (Luo et al. 2023, arXiv 2310.04378, Eq. 9 with c_skip/c_out of its timestep):
+        # part of what the distilled model outputs, so applied to D for every sampler, after the limit as LCM does
+        self._boundary = getattr(base, "get_scalings_for_boundary_condition_discrete", None)
         # EDM preconditioning (Karras et al. 2022, arXiv 2206.00364, Table 1): the base's own c_in, c_noise and
         # c_skip / c_out (EDMEuler, EDMDPMSolverMultistep, CosineDPMSolverMultistep keep them as methods)
         self._edm = all(hasattr(base, f"precondition_{part}") for part in ("inputs", "noise", "outputs"))
@@ -397,6 +400,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                                                                                 sampler_kwargs)
         self._equivalent = equivalent(base) if sampler is None else None
         self._step_values = {}
+        self._schedule_kwargs = {}
         self._sampler_id = _catalogue_name(sampler, self._spec, self._function)
         if self._mode.seeded:
             self._check_seeded(base)
@@ -529,6 +533,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             known = None
         self._init_noise_sigma = self._initial_scale(own, self._k_sigmas[0])
         self._bridge = self._timestep_map(known)
+        eq = self._equivalent
+        self._schedule_kwargs = eq.schedule_options(own) if eq and eq.schedule_options and own is not None else {}
         self._plan = self._plan_for(self._k_sigmas)
         self._check_first_call(self._plan, self._k_sigmas[0])
         if self._plan.needs_uncond and self._guidance is None:
@@ -560,9 +566,10 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _plan_for(self, sigmas: list[float]) -> CallPlan:
         """The call plan of the sampler on ``sigmas``, cached per schedule (the sampler and options are fixed)."""
-        key = tuple(sigmas)
+        options = {**self._kwargs, **self._schedule_kwargs}
+        key = (tuple(sigmas), tuple(sorted(self._schedule_kwargs.items())))
         if key not in self._plans:
-            self._plans[key] = plan_calls(self._function, self._kwargs, sigmas, self.geometry)
+            self._plans[key] = plan_calls(self._function, options, sigmas, self.geometry)
         return self._plans[key]
 
     def _named_schedule(self, steps: int, mu: float | None, schedule: str) -> torch.Tensor:
@@ -779,7 +786,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             kind = self._prediction_type
             s = sigma if kind == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
             denoised = discrete_denoised(x, s, prediction, kind)
-        return denoised if self._limit is None else self._limit(denoised)
+        if self._limit is not None:
+            denoised = self._limit(denoised)
+        if self._boundary is not None:  # D = c_out D + c_skip x_vp at the call's timestep
+            c_skip, c_out = self._boundary(torch.tensor(self._bridge.host_t(sigma), dtype=torch.float32))
+            denoised = c_out * denoised + c_skip * (x / math.sqrt(sigma**2 + 1))
+        return denoised
 
     def _state_scale(self, sigma: float) -> float:
         """The sampler's state over the loop's latents at ``sigma``: ``sqrt(sigma^2 + 1)`` for VP latents in VE
@@ -854,7 +866,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
 
     def _start(self, sample: torch.Tensor, generator) -> _Call:
         step = self._begin_step(self._step_index)
-        kwargs = {**self._kwargs, **self._equivalent_options(step)}
+        kwargs = {**self._kwargs, **self._schedule_kwargs, **self._equivalent_options(step)}
         sigmas = self._k_sigmas[step:]
         generator = generator if generator is not None else self._generator
         if self._mode.seeded:

@@ -27,18 +27,22 @@ class Equivalent:
     """The k-sampler a scheduler class runs, with the options read from its config. ``step_options`` maps keywords
     of the base's ``step`` to sampler options (TCD's ``eta`` is tcd's ``gamma``: the pipeline passes it per call;
     absent, the base step's default); ``run_options(base, kwargs)`` gives options computed from the set-up base
-    and those values, one entry per step of its own schedule (TCD's intermediate sigmas)."""
+    and those values, one entry per step of its own schedule (TCD's intermediate sigmas); ``schedule_options(own)``
+    gives options that follow from the base's own schedule (a :class:`SchedulerSigmas`) and shape its calls (the
+    extra call of a schedule ending on a repeated sigma)."""
 
     sampler: str
     kwargs: dict = field(default_factory=dict)
     step_options: dict = field(default_factory=dict)
     run_options: Callable | None = None
+    schedule_options: Callable | None = None
 
 
 def _dpm_multistep(config) -> Equivalent:
     algorithm, order = config.algorithm_type, config.solver_order
     if algorithm == "dpmsolver++" and order == 2 and config.solver_type == "midpoint":
-        return Equivalent("dpmpp_2m")
+        return Equivalent("dpmpp_2m", {"lower_order_final": bool(config.lower_order_final)},
+                          schedule_options=_final_call)
     if algorithm == "sde-dpmsolver++" and order == 2:
         name = "dpmpp_2m_sde_heun" if config.solver_type == "heun" else "dpmpp_2m_sde"
         return Equivalent(name)
@@ -115,11 +119,18 @@ def _flow_match_euler(config) -> Equivalent:
     return Equivalent("lcm" if config.get("stochastic_sampling", False) else "euler")
 
 
+def _final_call(own) -> dict:
+    """A multistep scheduler whose schedule ends on a repeated sigma (``final_sigmas_type="sigma_min"`` on Karras,
+    exponential, beta or flow sigmas) calls the network once more there (UniPC corrects its last step with it):
+    the sampler's ``final_call``."""
+    return {"final_call": own.ends_repeated}
+
+
 def _unipc(config) -> Equivalent:
     name = "uni_pc_bh2" if config.solver_type == "bh2" else "uni_pc"
     kwargs = {"order": config.solver_order, "lower_order_final": config.lower_order_final,
               "use_corrector": not config.disable_corrector}
-    return Equivalent(name, kwargs)
+    return Equivalent(name, kwargs, schedule_options=_final_call)
 
 
 _EQUIVALENTS = {
@@ -132,7 +143,9 @@ _EQUIVALENTS = {
     "DPMSolverSDEScheduler": lambda c: Equivalent("dpmpp_sde"),
     "DPMSolverMultistepScheduler": _dpm_multistep,
     "UniPCMultistepScheduler": _unipc,
-    "DEISMultistepScheduler": lambda c: Equivalent("deis", {"max_order": c.solver_order}),
+    "DEISMultistepScheduler": lambda c: Equivalent("deis", {"max_order": c.solver_order, "deis_mode": "logrho",
+                                                           "lower_order_final": bool(c.lower_order_final)},
+                                                   schedule_options=_final_call),
     "DDIMScheduler": lambda c: _ddim(c, "DDIMScheduler"),
     "DDPMScheduler": lambda c: _ddpm(c, "DDPMScheduler"),
     "DDIMParallelScheduler": lambda c: _ddim(c, "DDIMParallelScheduler"),
@@ -220,6 +233,7 @@ class SchedulerSigmas:
     known: tuple[torch.Tensor, torch.Tensor] | None  # (sigma, timestep) pairs the scheduler feeds the network
     init_noise_sigma: float  # what the parent multiplies the initial noise by
     vp_latents: bool
+    ends_repeated: bool = False  # the schedule ends on a repeated sigma (a zero-length last step)
 
 
 def set_up(scheduler, num_inference_steps, timesteps=None, sigmas=None, mu=None, **extra):
@@ -293,9 +307,12 @@ def read_schedule(scheduler) -> SchedulerSigmas:
             f"{type(scheduler).__name__} keeps neither sigmas nor alphas_cumprod after set_timesteps, so its "
             "schedule cannot be read as noise levels; pass sigma_schedule= (a catalogue schedule) with sampler="
         )
-    main = torch.unique_consecutive(_without_rounding_rises(table))
+    table = _without_rounding_rises(table)
+    main = torch.unique_consecutive(table)
+    if len(main) == 1:  # one zero-length step (a 1-step Karras schedule ending on sigma_min): [s, s]
+        main = table[-2:]
     return SchedulerSigmas(main.to(torch.float64), known, float(getattr(scheduler, "init_noise_sigma", 1.0)),
-                           keeps_vp_latents(scheduler))
+                           keeps_vp_latents(scheduler), len(table) > 1 and bool(table[-1] == table[-2]))
 
 
 def _without_rounding_rises(table: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ def test_zoo_covers_the_families():
         "LatentConsistencyModelPipeline",
         "PixArtAlphaPipeline",
         "KandinskyV22Img2ImgPipeline",
+        "KandinskyImg2ImgPipeline",
         "CogVideoXPipeline",
         "LTXConditionPipeline",
         "ShapEPipeline",

@@ -14,16 +14,17 @@ one-latent-channel VAE and a 1 + 1 block transformer). The SD 1.5 and refiner UN
 the ControlNet and SD3's VAE are derived from those by config overrides (SD3's VAE then equals diffusers' tiny SD3
 test VAE); the SD3 transformer (with patch 2 and a 64-wide joint attention) and the Wan models take diffusers' own
 tiny test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``), as do PixArt, Kandinsky
-2.2, CogVideoX, LTX-Video, Shap-E and Sana Sprint (:mod:`.zoo_models`). Default schedulers follow the model
+2.1 and 2.2 (2.1 with an offline XLM-Roberta tokenizer), CogVideoX, LTX-Video, Shap-E and Sana Sprint (:mod:`.zoo_models`). Default schedulers follow the model
 repositories' ``scheduler_config.json`` (the Wan docs for Wan); see each ``_*_scheduler`` function and, for the
 newer cases, :mod:`.zoo_schedulers`, which names each config's source. Together the cases cover every scheduler
 class the pipelines users run ship with: Euler, FlowMatchEuler, UniPC, PNDM (SD 1.5), DDIM with ``steps_offset`` 0
 (ControlNet, Kandinsky), LCM, TCD, EDM DPM-Solver and EDM Euler (Playground v2.5), DPM-Solver (PixArt),
 CogVideoX DDIM and DPM, Heun with x0 prediction (Shap-E) and SCM (Sana Sprint, TrigFlow).
 
-Every pipeline returns latents (``output_type="latent"``): SD/SDXL/SD3/PixArt/Kandinsky/Sana as (B, C, H, W), FLUX
-packed as (B, tokens, 4 C), Wan and LTX as (B, C, frames, H, W), CogVideoX as (B, frames, C, H, W), Shap-E as (B,
-embeddings, width). LCM and Sana Sprint return their last denoised estimate, not the latents.
+Every pipeline that offers it returns latents (``output_type="latent"``): SD/SDXL/SD3/PixArt/Kandinsky 2.2/Sana as
+(B, C, H, W), FLUX packed as (B, tokens, 4 C), Wan and LTX as (B, C, frames, H, W), CogVideoX as (B, frames, C, H,
+W), Shap-E as (B, embeddings, width). LCM and Sana Sprint return their last denoised estimate, not the latents.
+Kandinsky 2.1 has no latent output: it returns the decoded image (``output_type="pt"``, (B, 3, H, W) in [0, 1]).
 
 Run them single-threaded (``torch.set_num_threads(1)``) on a small shared CPU: the models gain nothing from
 intra-op threads, whose spin-waits under load were measured to slow a 4-step SDXL run from 0.07 s to 0.5-13 s.
@@ -58,6 +59,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
     HeunDiscreteScheduler,
+    KandinskyImg2ImgPipeline,
     KandinskyV22Img2ImgPipeline,
     LatentConsistencyModelPipeline,
     LCMScheduler,
@@ -111,6 +113,7 @@ from .zoo_models import (
     SD15_VAE_SCALING_FACTOR,
     SEED,
     cogvideox,
+    kandinsky21,
     kandinsky22,
     kandinsky_image_embeds,
     ltx,
@@ -460,6 +463,21 @@ def _control(generator) -> dict:
     return _text_to_image(generator, image=_random_image())
 
 
+def _kandinsky_img2img(generator, **extra) -> dict:
+    """The Kandinsky decoders' img2img call: the random image, the prior's image embeddings as inputs
+    (:func:`~.zoo_models.kandinsky_image_embeds` from :data:`IMAGE_SEED`)."""
+    return {
+        "image": _random_image(),
+        "strength": STRENGTH,
+        "height": SIZE,
+        "width": SIZE,
+        "num_inference_steps": STEPS,
+        "generator": generator,
+        **kandinsky_image_embeds(IMAGE_SEED),
+        **extra,
+    }
+
+
 def _ltx_inputs(generator, **extra) -> dict:
     return _text_to_image(generator, num_frames=LTX_NUM_FRAMES, max_sequence_length=MAX_SEQUENCE_LENGTH, **extra)
 
@@ -594,18 +612,22 @@ def _cases():
         DISCRETE,
         True,
         _SD_LATENTS,
-        _configured(DDIMScheduler, zoo_schedulers.kandinsky22_ddim),
+        _configured(DDIMScheduler, zoo_schedulers.kandinsky_ddim),
         kandinsky22,
-        lambda generator: {
-            "image": _random_image(),
-            "strength": STRENGTH,
-            "height": SIZE,
-            "width": SIZE,
-            "num_inference_steps": STEPS,
-            "output_type": "latent",
-            "generator": generator,
-            **kandinsky_image_embeds(IMAGE_SEED),
-        },
+        lambda generator: _kandinsky_img2img(generator, output_type="latent"),
+    )
+    # Kandinsky 2.1 offers no latent output: the MoVQ-decoded image in [0, 1]. It noises the init latents itself
+    # (its own linear-beta table at t = int(num_train_timesteps * strength) - 2, an integer tensor of
+    # scheduler.timesteps' dtype), then steps on scheduler.timesteps[t_start:].
+    yield ZooCase(
+        "kandinsky21_img2img",
+        KandinskyImg2ImgPipeline,
+        DISCRETE,
+        True,
+        (1, 3, SIZE, SIZE),
+        _configured(DDIMScheduler, zoo_schedulers.kandinsky_ddim),
+        kandinsky21,
+        lambda generator: _kandinsky_img2img(generator, prompt=PROMPT, output_type="pt"),
     )
     yield from (
         ZooCase(

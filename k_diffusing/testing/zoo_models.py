@@ -8,8 +8,9 @@ docstring, except where a size the zoo shares (the T5 width, the image side) had
 
 from __future__ import annotations
 
-import torch
 import string
+
+import torch
 
 from diffusers import (
     AutoencoderDC,
@@ -23,12 +24,20 @@ from diffusers import (
     UNet2DConditionModel,
     VQModel,
 )
+from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
 from diffusers.pipelines.shap_e import ShapERenderer
-from transformers import CLIPTextModelWithProjection, Gemma2Config, Gemma2Model, GemmaTokenizerFast, T5EncoderModel
+from transformers import (
+    CLIPTextModelWithProjection,
+    Gemma2Config,
+    Gemma2Model,
+    GemmaTokenizerFast,
+    T5EncoderModel,
+    XLMRobertaTokenizerFast,
+)
 
 from .tiny import PROJECTION_DIM, clip_text_config, seeded, tiny_sdxl_vae
 from .tiny_flux import T5_D_MODEL, _t5_config
-from .tokenizers import clip_tokenizer, t5_tokenizer
+from .tokenizers import clip_tokenizer, t5_tokenizer, t5_vocab
 
 SEED = 0  # component seeds: SEED, SEED + 1, ... one per model, as in zoo.py
 SD15_VAE_SCALING_FACTOR = 0.18215  # SD 1.5's vae/config.json (PixArt-alpha reuses SD's VAE)
@@ -92,31 +101,35 @@ GEMMA_HIDDEN_SIZE = 8  # = the Sana transformer's caption_channels (diffusers' S
 KANDINSKY_EMBED_DIM = 32  # the image embedding width of diffusers' Kandinsky 2.2 fast tests (text_embedder_hidden_size)
 
 
-def kandinsky22(scheduler) -> dict:
-    """Kandinsky 2.2's decoder layout at diffusers' ``tests/pipelines/kandinsky2_2`` sizes: a two-block UNet
-    conditioned on the image embedding only (``addition_embed_type="image"``, ``encoder_hid_dim_type="image_proj"``,
-    8 output channels: eps and a learned variance, which the pipeline splits off) and a two-block MoVQ (VQModel with
-    spatial norm, ``movq_scale_factor`` 2)."""
-    unet = seeded_eval(
+def _kandinsky_unet(conditioning: str):
+    """The Kandinsky 2.x decoder UNet at diffusers' ``tests/pipelines/kandinsky*`` sizes: two blocks (32, 64) with
+    simple cross-attention, 8 output channels (eps and a learned variance, which the pipelines split off), and the
+    addition embedding and encoder projection of ``conditioning``: ``"image"`` (2.2: the image embedding only) or
+    ``"text_image"`` (2.1: the MCLIP text states and pooled embedding with the image embedding)."""
+    return seeded_eval(
         SEED,
         lambda: UNet2DConditionModel(
             in_channels=4,
             out_channels=8,
-            addition_embed_type="image",
+            addition_embed_type=conditioning,
             down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
             up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
             mid_block_type="UNetMidBlock2DSimpleCrossAttn",
             block_out_channels=(32, 64),
             layers_per_block=1,
             encoder_hid_dim=KANDINSKY_EMBED_DIM,
-            encoder_hid_dim_type="image_proj",
-            cross_attention_dim=32,
+            encoder_hid_dim_type=f"{conditioning}_proj",
+            cross_attention_dim=KANDINSKY_EMBED_DIM,
             attention_head_dim=4,
             resnet_time_scale_shift="scale_shift",
             class_embed_type=None,
         ),
     )
-    movq = seeded_eval(
+
+
+def _movq():
+    """The Kandinsky 2.x fast tests' two-block MoVQ: a VQModel with spatial norm, ``movq_scale_factor`` 2."""
+    return seeded_eval(
         SEED + 1,
         lambda: VQModel(
             block_out_channels=[32, 64],
@@ -132,7 +145,46 @@ def kandinsky22(scheduler) -> dict:
             vq_embed_dim=4,
         ),
     )
-    return {"unet": unet, "scheduler": scheduler, "movq": movq}
+
+
+def kandinsky22(scheduler) -> dict:
+    """Kandinsky 2.2's decoder layout at diffusers' ``tests/pipelines/kandinsky2_2`` sizes: the UNet conditioned on
+    the image embedding only and the MoVQ."""
+    return {"unet": _kandinsky_unet("image"), "scheduler": scheduler, "movq": _movq()}
+
+
+def xlm_roberta_tokenizer():
+    """An offline ``XLMRobertaTokenizerFast`` (Unigram): XLM-R's specials ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2,
+    ``<unk>`` 3 (the id the class fixes), ``<mask>`` 4, then :func:`~.tokenizers.t5_vocab`'s words and characters
+    (diffusers' fast test loads YiYiXu/tiny-random-mclip-base from the hub). Sequences are ``<s> ... </s>``."""
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    pieces = [(piece, score) for piece, score in t5_vocab() if piece not in specials]
+    return XLMRobertaTokenizerFast(vocab=[(token, 0.0) for token in specials] + pieces)
+
+
+def kandinsky21(scheduler) -> dict:
+    """Kandinsky 2.1's decoder layout at diffusers' ``tests/pipelines/kandinsky/test_kandinsky_img2img.py`` sizes:
+    a MultilingualCLIP (a five-layer XLM-Roberta of width 32, 4 heads, and its linear map of the masked mean to the
+    32-wide pooled embedding) over :func:`xlm_roberta_tokenizer`, the UNet conditioned on text and image
+    (``"text_image"``) and the MoVQ."""
+    tokenizer = xlm_roberta_tokenizer()
+    config = MCLIPConfig(
+        transformerDimSize=KANDINSKY_EMBED_DIM,
+        imageDimSize=KANDINSKY_EMBED_DIM,
+        hidden_size=KANDINSKY_EMBED_DIM,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return {
+        "text_encoder": seeded_eval(SEED + 2, lambda: MultilingualCLIP(config)),
+        "tokenizer": tokenizer,
+        "unet": _kandinsky_unet("text_image"),
+        "scheduler": scheduler,
+        "movq": _movq(),
+    }
 
 
 def kandinsky_image_embeds(seed: int) -> dict:

@@ -117,10 +117,11 @@ def pixart_alpha() -> dict:
     }
 
 
-def kandinsky22_ddim() -> dict:
-    """diffusers' Kandinsky 2.2 img2img fast test (``tests/pipelines/kandinsky2_2/test_kandinsky_img2img.py``):
-    DDIMScheduler on *linear* betas 0.00085..0.012, ``steps_offset`` 0, ``set_alpha_to_one`` and ``clip_sample`` off
-    (the schedule ends on a repeated sigma, as the ControlNet one)."""
+def kandinsky_ddim() -> dict:
+    """diffusers' Kandinsky 2.1 and 2.2 img2img fast tests (``tests/pipelines/kandinsky/test_kandinsky_img2img.py``,
+    ``tests/pipelines/kandinsky2_2/test_kandinsky_img2img.py``: the same dict): DDIMScheduler on *linear* betas
+    0.00085..0.012, ``steps_offset`` 0, ``set_alpha_to_one`` and ``clip_sample`` off (the schedule ends on a repeated
+    sigma, as the ControlNet one)."""
     return {
         "num_train_timesteps": 1000,
         "beta_schedule": "linear",

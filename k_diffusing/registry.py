@@ -90,6 +90,8 @@ _SPECS = [
     _spec("dpmpp_sde", "dpmpp:sample_dpmpp_sde", 2, 2, True, f"{DPMPP} (SDE variant)", ["DPM++ SDE"],
           aliases=["dpmpp_sde_gpu"]),
     _spec("dpmpp_2m", "dpmpp:sample_dpmpp_2m", 2, 1, False, f"{DPMPP}, Alg. 2 (2M)", ["DPM++ 2M"]),
+    _spec("dpmpp_singlestep", "singlestep:sample_dpmpp_singlestep", 2, 1, False,
+          f"{DPMPP}, Alg. 1 (2S) on the schedule's own grid, as diffusers' DPMSolverSinglestepScheduler"),
     _spec("dpmpp_2m_sde", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE)", ["DPM++ 2M SDE"],
           aliases=["dpmpp_2m_sde_gpu"]),
     _spec("dpmpp_2m_sde_heun", "dpmpp:sample_dpmpp_2m_sde", 2, 1, True, f"{DPMPP} (2M SDE, Heun correction)",

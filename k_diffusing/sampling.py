@@ -61,6 +61,7 @@ from .samplers.multistep import (
 )
 from .samplers.restart import sample_restart
 from .samplers.sa_solver import sample_sa_solver, sample_sa_solver_pece
+from .samplers.singlestep import sample_dpmpp_singlestep
 from .samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 from .schedules import (
     append_zero,
@@ -94,6 +95,7 @@ __all__ = [
     "sample_dpmpp_2s_ancestral_cfg_pp",
     "sample_dpmpp_3m_sde",
     "sample_dpmpp_sde",
+    "sample_dpmpp_singlestep",
     "sample_er_sde",
     "sample_euler",
     "sample_euler_ancestral",

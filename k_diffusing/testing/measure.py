@@ -62,6 +62,7 @@ MEASURES: dict[str, Measure] = {
     "dpmpp_2s_ancestral": Measure(ode_kwargs={"eta": 0.0}),
     "dpmpp_sde": Measure(ode_kwargs={"eta": 0.0}),
     "dpmpp_2m": Measure(),
+    "dpmpp_singlestep": Measure(),
     "dpmpp_2m_sde": Measure(ode_kwargs={"eta": 0.0}),
     "dpmpp_2m_sde_heun": Measure(ode_kwargs={"eta": 0.0}),
     "dpmpp_3m_sde": Measure((40, 80, 160, 320), {"eta": 0.0}),

@@ -48,6 +48,7 @@ def test_zoo_covers_the_families():
         "PixArtAlphaPipeline",
         "KandinskyV22Img2ImgPipeline",
         "KandinskyImg2ImgPipeline",
+        "MarigoldDepthPipeline",
         "CogVideoXPipeline",
         "LTXConditionPipeline",
         "ShapEPipeline",
@@ -78,6 +79,7 @@ def test_zoo_covers_the_families():
     assert ddim.steps_offset == 0 and not ddim.set_alpha_to_one and not ddim.clip_sample
     assert ZOO["sd15_lcm"].build().unet.config.time_cond_proj_dim is not None
     assert ZOO["shap_e"].default_scheduler().config.prediction_type == "sample"
+    assert ZOO["marigold_depth"].default_scheduler().config.prediction_type == "v_prediction"
 
 
 def test_runs_finite_with_declared_shape_and_rebuilds_bit_identically(first_run):

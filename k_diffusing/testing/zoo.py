@@ -14,17 +14,20 @@ one-latent-channel VAE and a 1 + 1 block transformer). The SD 1.5 and refiner UN
 the ControlNet and SD3's VAE are derived from those by config overrides (SD3's VAE then equals diffusers' tiny SD3
 test VAE); the SD3 transformer (with patch 2 and a 64-wide joint attention) and the Wan models take diffusers' own
 tiny test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``), as do PixArt, Kandinsky
-2.1 and 2.2 (2.1 with an offline XLM-Roberta tokenizer), CogVideoX, LTX-Video, Shap-E and Sana Sprint (:mod:`.zoo_models`). Default schedulers follow the model
-repositories' ``scheduler_config.json`` (the Wan docs for Wan); see each ``_*_scheduler`` function and, for the
-newer cases, :mod:`.zoo_schedulers`, which names each config's source. Together the cases cover every scheduler
-class the pipelines users run ship with: Euler, FlowMatchEuler, UniPC, PNDM (SD 1.5), DDIM with ``steps_offset`` 0
-(ControlNet, Kandinsky), LCM, TCD, EDM DPM-Solver and EDM Euler (Playground v2.5), DPM-Solver (PixArt),
+2.1 and 2.2 (2.1 with an offline XLM-Roberta tokenizer), Marigold depth, CogVideoX, LTX-Video, Shap-E and Sana
+Sprint (:mod:`.zoo_models`). Default schedulers follow the model repositories' ``scheduler_config.json`` (the Wan
+docs for Wan); see each ``_*_scheduler`` function and, for the newer cases, :mod:`.zoo_schedulers`, which names each
+config's source. Together the cases cover every scheduler class the pipelines users run ship with: Euler,
+FlowMatchEuler, UniPC, PNDM (SD 1.5), DDIM with ``steps_offset`` 0 (ControlNet, Kandinsky), LCM (also in
+v-prediction: Marigold), TCD, EDM DPM-Solver and EDM Euler (Playground v2.5), DPM-Solver (PixArt),
 CogVideoX DDIM and DPM, Heun with x0 prediction (Shap-E) and SCM (Sana Sprint, TrigFlow).
 
 Every pipeline that offers it returns latents (``output_type="latent"``): SD/SDXL/SD3/PixArt/Kandinsky 2.2/Sana as
 (B, C, H, W), FLUX packed as (B, tokens, 4 C), Wan and LTX as (B, C, frames, H, W), CogVideoX as (B, frames, C, H,
 W), Shap-E as (B, embeddings, width). LCM and Sana Sprint return their last denoised estimate, not the latents.
 Kandinsky 2.1 has no latent output: it returns the decoded image (``output_type="pt"``, (B, 3, H, W) in [0, 1]).
+Marigold returns its depth latents (B, 4, H, W) beside the prediction (``output_latent``;
+:attr:`ZooCase.output_index`).
 
 Run them single-threaded (``torch.set_num_threads(1)``) on a small shared CPU: the models gain nothing from
 intra-op threads, whose spin-waits under load were measured to slow a 4-step SDXL run from 0.07 s to 0.5-13 s.
@@ -64,6 +67,7 @@ from diffusers import (
     LatentConsistencyModelPipeline,
     LCMScheduler,
     LTXConditionPipeline,
+    MarigoldDepthPipeline,
     PixArtAlphaPipeline,
     PNDMScheduler,
     SanaSprintPipeline,
@@ -110,16 +114,17 @@ from .zoo_models import (
     COGVIDEOX_SIZE,
     COGVIDEOX_TEXT_LENGTH,
     LTX_NUM_FRAMES,
-    SD15_VAE_SCALING_FACTOR,
     SEED,
     cogvideox,
     kandinsky21,
     kandinsky22,
     kandinsky_image_embeds,
     ltx,
+    marigold_depth,
     SHAP_E_EMBEDDING_DIM,
     pixart,
     sana_sprint,
+    sd_vae,
     seeded_eval,
     shap_e,
 )
@@ -155,7 +160,8 @@ class ZooCase:
     ``.config``); ``inputs(generator)`` the call keywords for a small run with ``output_type="latent"``.
     ``geometry`` is one of :data:`GEOMETRIES`. ``step_gets_generator`` says whether the pipeline's loop
     passes ``generator`` to ``scheduler.step`` (the SD/SDXL pipelines do when ``step`` has a ``generator``
-    parameter; SD3, FLUX and Wan never do). ``latent_shape`` is the shape of :meth:`run`'s latents.
+    parameter; SD3, FLUX and Wan never do). ``latent_shape`` is the shape of :meth:`run`'s latents, the pipeline's
+    output at ``output_index`` (0, the images or video frames, unless a pipeline returns its latents elsewhere).
     """
 
     name: str
@@ -166,6 +172,7 @@ class ZooCase:
     default_scheduler: Callable[[], Any]
     components: Callable[[Any], dict]
     inputs: Callable[[torch.Generator], dict]
+    output_index: int = 0
 
     def build(self, scheduler=None):
         """The pipeline on CPU with the progress bar off; ``scheduler`` None means :meth:`default_scheduler`."""
@@ -176,8 +183,9 @@ class ZooCase:
         return pipe
 
     def run(self, pipe, seed: int = 0) -> torch.Tensor:
-        """``pipe``'s latents for :meth:`inputs` with a fresh generator seeded ``seed`` (images or video frames)."""
-        return pipe(**self.inputs(torch.Generator().manual_seed(seed)))[0]
+        """``pipe``'s latents for :meth:`inputs` with a fresh generator seeded ``seed`` (its output at
+        ``output_index``)."""
+        return pipe(**self.inputs(torch.Generator().manual_seed(seed)))[self.output_index]
 
 
 # --- default schedulers ------------------------------------------------------------------------------------------
@@ -243,8 +251,7 @@ def _sd15(scheduler, **unet_overrides) -> dict:
         projection_class_embeddings_input_dim=None,
         **unet_overrides,
     )
-    vae = tiny_sdxl_vae(SEED + 1)
-    vae.register_to_config(scaling_factor=SD15_VAE_SCALING_FACTOR)
+    vae = sd_vae()
     tokenizer = clip_tokenizer()
     return {
         "vae": vae,
@@ -667,6 +674,27 @@ def _cases():
             ltx,
             inputs,
         )
+    # Marigold denoises depth latents next to the image's; with return_dict=False and output_latent it returns
+    # (prediction, uncertainty, latent): the latent, the last step's prev_sample (LCM's denoised estimate).
+    yield ZooCase(
+        "marigold_depth",
+        MarigoldDepthPipeline,
+        DISCRETE,
+        True,
+        _SD_LATENTS,
+        _configured(LCMScheduler, zoo_schedulers.marigold_lcm),
+        marigold_depth,
+        lambda generator: {
+            "image": _random_image(),
+            "num_inference_steps": STEPS,
+            "processing_resolution": SIZE,
+            "generator": generator,
+            "output_type": "pt",
+            "output_latent": True,
+            "return_dict": False,
+        },
+        output_index=2,
+    )
     # x0 prediction; the pipeline calls step(noise_pred, timestep=t, sample=latents) and returns the latents.
     yield ZooCase(
         "shap_e",

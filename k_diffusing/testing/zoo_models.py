@@ -27,6 +27,7 @@ from diffusers import (
 from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
 from diffusers.pipelines.shap_e import ShapERenderer
 from transformers import (
+    CLIPTextModel,
     CLIPTextModelWithProjection,
     Gemma2Config,
     Gemma2Model,
@@ -35,7 +36,7 @@ from transformers import (
     XLMRobertaTokenizerFast,
 )
 
-from .tiny import PROJECTION_DIM, clip_text_config, seeded, tiny_sdxl_vae
+from .tiny import PROJECTION_DIM, TEXT_HIDDEN_SIZE, clip_text_config, seeded, tiny_sdxl_vae
 from .tiny_flux import T5_D_MODEL, _t5_config
 from .tokenizers import clip_tokenizer, t5_tokenizer, t5_vocab
 
@@ -47,6 +48,14 @@ def seeded_eval(seed: int, make):
     """``make()`` built right after ``torch.manual_seed(seed)`` (the caller's RNG untouched), in eval mode."""
     with seeded(seed):
         return make().eval()
+
+
+def sd_vae():
+    """The zoo's two-block SD VAE (:func:`~.tiny.tiny_sdxl_vae`, seed SEED + 1, ``vae_scale_factor`` 2) with SD 1.5's
+    scaling factor (SD 1.5, PixArt-alpha and Marigold use SD's VAE)."""
+    vae = tiny_sdxl_vae(SEED + 1)
+    vae.register_to_config(scaling_factor=SD15_VAE_SCALING_FACTOR)
+    return vae
 
 
 def t5_encoder(seed: int):
@@ -81,8 +90,7 @@ def pixart(scheduler, sample_size: int) -> dict:
             norm_eps=1e-6,
         ),
     )
-    vae = tiny_sdxl_vae(SEED + 1)
-    vae.register_to_config(scaling_factor=SD15_VAE_SCALING_FACTOR)
+    vae = sd_vae()
     return {
         "transformer": transformer,
         "vae": vae,
@@ -192,6 +200,38 @@ def kandinsky_image_embeds(seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     embeds = torch.randn(2, 1, KANDINSKY_EMBED_DIM, generator=generator)
     return {"image_embeds": embeds[0], "negative_image_embeds": embeds[1]}
+
+
+def marigold_depth(scheduler) -> dict:
+    """Marigold depth's layout at diffusers' ``tests/pipelines/marigold/test_marigold_depth.py`` sizes: a two-block
+    UNet (32, 64; two layers per block) reading the image latents and the noisy depth latents concatenated (8
+    channels in, 4 out), the zoo's two-block SD VAE (the fast test's, ``vae_scale_factor`` 2) with SD's scaling
+    factor, and a CLIP text encoder of width 32 (the pipeline encodes the empty prompt once); affine-invariant depth
+    (scale and shift invariant) as in the fast test."""
+    tokenizer = clip_tokenizer()
+    unet = seeded_eval(
+        SEED,
+        lambda: UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            in_channels=8,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=TEXT_HIDDEN_SIZE,
+        ),
+    )
+    vae = sd_vae()
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": seeded_eval(SEED + 2, lambda: CLIPTextModel(clip_text_config(tokenizer))),
+        "tokenizer": tokenizer,
+        "prediction_type": "depth",
+        "scale_invariant": True,
+        "shift_invariant": True,
+    }
 
 
 def cogvideox(scheduler) -> dict:

@@ -135,6 +135,23 @@ def kandinsky_ddim() -> dict:
     }
 
 
+def marigold_lcm() -> dict:
+    """diffusers' Marigold depth fast test (``tests/pipelines/marigold/test_marigold_depth.py``): LCMScheduler in
+    v-prediction on SD's ``scaled_linear`` betas, ``set_alpha_to_one`` off, ``steps_offset`` 1, no clipping or
+    thresholding, the class defaults otherwise (``original_inference_steps`` 50, ``timestep_scaling`` 10, leading
+    spacing)."""
+    return {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "v_prediction",
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "clip_sample": False,
+        "thresholding": False,
+    }
+
+
 def cogvideox_2b() -> dict:
     """THUDM/CogVideoX-2b: CogVideoXDDIMScheduler, v-prediction on zero-terminal-SNR ``scaled_linear`` betas,
     trailing spacing, ``snr_shift_scale`` 3 (alpha_bar / (s - (s - 1) alpha_bar))."""

@@ -49,6 +49,7 @@ def test_zoo_covers_the_families():
         "KandinskyV22Img2ImgPipeline",
         "KandinskyImg2ImgPipeline",
         "MarigoldDepthPipeline",
+        "HeliosPipeline",
         "CogVideoXPipeline",
         "LTXConditionPipeline",
         "ShapEPipeline",
@@ -69,6 +70,7 @@ def test_zoo_covers_the_families():
         "CogVideoXDPMScheduler",
         "HeunDiscreteScheduler",
         "SCMScheduler",
+        "HeliosScheduler",
     }
     assert all(case.geometry in GEOMETRIES for case in ZOO.values())
     refiner = ZOO["sdxl_refiner"].build()

@@ -10,23 +10,23 @@ built from configs (no hub access), plus the call arguments for a small, fast ru
 
 Sizes come from the repository's tiny components (:mod:`k_diffusing.testing.tiny` for SD/SDXL: CLIP width 32, a
 two-block UNet and VAE with ``vae_scale_factor`` 2; :mod:`k_diffusing.testing.tiny_flux` for FLUX: a one-block,
-one-latent-channel VAE and a 1 + 1 block transformer). The SD 1.5 and refiner UNets, the FLUX Fill transformer,
-the ControlNet and SD3's VAE are derived from those by config overrides (SD3's VAE then equals diffusers' tiny SD3
-test VAE); the SD3 transformer (with patch 2 and a 64-wide joint attention) and the Wan models take diffusers' own
-tiny test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``), as do PixArt, Kandinsky
-2.1 and 2.2 (2.1 with an offline XLM-Roberta tokenizer), Marigold depth, CogVideoX, LTX-Video, Shap-E and Sana
-Sprint (:mod:`.zoo_models`). Default schedulers follow the model repositories' ``scheduler_config.json`` (the Wan
+one-latent-channel VAE and a 1 + 1 block transformer). The SD 1.5 and refiner UNets, the FLUX Fill transformer, the
+ControlNet and SD3's VAE are derived from those by config overrides (SD3's VAE then equals diffusers' tiny SD3 test
+VAE); the SD3 transformer (with patch 2 and a 64-wide joint attention) and the Wan models take diffusers' own tiny
+test config sizes (``tests/pipelines/stable_diffusion_3``, ``tests/pipelines/wan``), as do PixArt, Kandinsky 2.1 and
+2.2 (2.1 with an offline XLM-Roberta tokenizer), Marigold depth, CogVideoX, LTX-Video, Shap-E, Sana Sprint and
+Helios (:mod:`.zoo_models`). Default schedulers follow the model repositories' ``scheduler_config.json`` (the Wan
 docs for Wan); see each ``_*_scheduler`` function and, for the newer cases, :mod:`.zoo_schedulers`, which names each
 config's source. Together the cases cover every scheduler class the pipelines users run ship with: Euler,
 FlowMatchEuler, UniPC, PNDM (SD 1.5), DDIM with ``steps_offset`` 0 (ControlNet, Kandinsky), LCM (also in
-v-prediction: Marigold), TCD, EDM DPM-Solver and EDM Euler (Playground v2.5), DPM-Solver (PixArt),
-CogVideoX DDIM and DPM, Heun with x0 prediction (Shap-E) and SCM (Sana Sprint, TrigFlow).
+v-prediction: Marigold), TCD, EDM DPM-Solver and EDM Euler (Playground v2.5), DPM-Solver (PixArt), CogVideoX DDIM
+and DPM, Heun with x0 prediction (Shap-E), SCM (Sana Sprint, TrigFlow) and Helios (UniPC on flow sigmas, one stage).
 
 Every pipeline that offers it returns latents (``output_type="latent"``): SD/SDXL/SD3/PixArt/Kandinsky 2.2/Sana as
-(B, C, H, W), FLUX packed as (B, tokens, 4 C), Wan and LTX as (B, C, frames, H, W), CogVideoX as (B, frames, C, H,
-W), Shap-E as (B, embeddings, width). LCM and Sana Sprint return their last denoised estimate, not the latents.
-Kandinsky 2.1 has no latent output: it returns the decoded image (``output_type="pt"``, (B, 3, H, W) in [0, 1]).
-Marigold returns its depth latents (B, 4, H, W) beside the prediction (``output_latent``;
+(B, C, H, W), FLUX packed as (B, tokens, 4 C), Wan, LTX and Helios as (B, C, frames, H, W), CogVideoX as (B, frames,
+C, H, W), Shap-E as (B, embeddings, width). LCM and Sana Sprint return their last denoised estimate, not the
+latents. Kandinsky 2.1 has no latent output: it returns the decoded image (``output_type="pt"``, (B, 3, H, W) in [0,
+1]). Marigold returns its depth latents (B, 4, H, W) beside the prediction (``output_latent``;
 :attr:`ZooCase.output_index`).
 
 Run them single-threaded (``torch.set_num_threads(1)``) on a small shared CPU: the models gain nothing from
@@ -44,7 +44,6 @@ import PIL.Image
 import torch
 from diffusers import (
     AutoencoderKL,
-    AutoencoderKLWan,
     CogVideoXDDIMScheduler,
     CogVideoXDPMScheduler,
     CogVideoXPipeline,
@@ -61,6 +60,8 @@ from diffusers import (
     FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
+    HeliosPipeline,
+    HeliosScheduler,
     HeunDiscreteScheduler,
     KandinskyImg2ImgPipeline,
     KandinskyV22Img2ImgPipeline,
@@ -115,7 +116,9 @@ from .zoo_models import (
     COGVIDEOX_TEXT_LENGTH,
     LTX_NUM_FRAMES,
     SEED,
+    WAN_TRANSFORMER_SIZES,
     cogvideox,
+    helios,
     kandinsky21,
     kandinsky22,
     kandinsky_image_embeds,
@@ -127,6 +130,8 @@ from .zoo_models import (
     sd_vae,
     seeded_eval,
     shap_e,
+    text_embeds,
+    wan_vae,
 )
 
 DISCRETE = "discrete"  # VP diffusion on a discrete training table (eps, v or x0 prediction)
@@ -148,6 +153,8 @@ SD3_VAE_SCALING_FACTOR = 1.5305  # SD3 medium's vae/config.json
 SD3_VAE_SHIFT_FACTOR = 0.0609
 SD3_T5_D_MODEL = 2 * TEXT_HIDDEN_SIZE  # >= the two CLIPs' concatenated width, as in SD3 (4096 >= 768 + 1280)
 NUM_REFINER_TIME_IDS = 5  # original_size (2) + crops_coords_top_left (2) + aesthetic_score (1)
+HELIOS_LATENT_FRAMES = 2  # latent frames per chunk (the pipeline's default 9)
+HELIOS_NUM_FRAMES = 5  # one chunk: (HELIOS_LATENT_FRAMES - 1) * 4 + 1 frames
 WAN_NUM_FRAMES = 5  # 4 k + 1 frames: 2 latent frames with the VAE's temporal factor 4
 
 
@@ -387,31 +394,15 @@ def _wan(scheduler) -> dict:
     encoder of width 32 (= the transformer's ``text_dim``)."""
     tokenizer = t5_tokenizer()
     umt5_config = UMT5Config(**{**_t5_config(tokenizer).to_dict(), "model_type": "umt5"})
-    with seeded(SEED):
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=16,
-            out_channels=16,
-            text_dim=umt5_config.d_model,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        )
-    with seeded(SEED + 1):
-        vae = AutoencoderKLWan(
-            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-        )
+    transformer = seeded_eval(
+        SEED, lambda: WanTransformer3DModel(**WAN_TRANSFORMER_SIZES, text_dim=umt5_config.d_model, rope_max_seq_len=32)
+    )
     return {
         "tokenizer": tokenizer,
         "text_encoder": seeded_eval(SEED + 2, lambda: UMT5EncoderModel(umt5_config)),
-        "vae": vae.eval(),
+        "vae": wan_vae(),
         "scheduler": scheduler,
-        "transformer": transformer.eval(),
+        "transformer": transformer,
     }
 
 
@@ -727,6 +718,29 @@ def _cases():
             max_sequence_length=MAX_SEQUENCE_LENGTH,
             use_resolution_binning=False,
         ),
+    )
+    # Helios generates chunks of num_latent_frames_per_chunk latent frames after zero history latents; per chunk it
+    # passes num_inference_steps, its own sigmas (linspace(0.999, 0, steps + 1)[:-1]) and mu to set_timesteps, and
+    # returns the generated latents. The text encoder's outputs are inputs (fixed from IMAGE_SEED): its prompt
+    # cleaning calls ftfy unconditionally, which is not installed.
+    yield ZooCase(
+        "helios",
+        HeliosPipeline,
+        FLOW,
+        True,
+        (1, 16, HELIOS_LATENT_FRAMES, SIZE // 8, SIZE // 8),
+        _configured(HeliosScheduler, zoo_schedulers.helios),
+        helios,
+        lambda generator: {
+            **text_embeds(IMAGE_SEED, MAX_SEQUENCE_LENGTH),
+            "height": SIZE,
+            "width": SIZE,
+            "num_frames": HELIOS_NUM_FRAMES,
+            "num_latent_frames_per_chunk": HELIOS_LATENT_FRAMES,
+            "num_inference_steps": STEPS,
+            "output_type": "latent",
+            "generator": generator,
+        },
     )
     yield ZooCase(
         "sd3",

@@ -16,7 +16,9 @@ from diffusers import (
     AutoencoderDC,
     AutoencoderKLCogVideoX,
     AutoencoderKLLTXVideo,
+    AutoencoderKLWan,
     CogVideoXTransformer3DModel,
+    HeliosTransformer3DModel,
     LTXVideoTransformer3DModel,
     PixArtTransformer2DModel,
     PriorTransformer,
@@ -332,6 +334,67 @@ def ltx(scheduler) -> dict:
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
     }
+
+
+def helios(scheduler) -> dict:
+    """Helios's layout at diffusers' ``tests/pipelines/helios/test_helios.py`` sizes: a two-layer
+    HeliosTransformer3DModel at Wan's sizes (:data:`WAN_TRANSFORMER_SIZES`) with multi-term memory patches for the
+    history latents, guidance cross-attention and a zero history timestep, :func:`wan_vae` and a T5 of width 32
+    (= ``text_dim``)."""
+    tokenizer, text_encoder = t5_encoder(SEED + 2)
+    transformer = seeded_eval(
+        SEED,
+        lambda: HeliosTransformer3DModel(
+            **WAN_TRANSFORMER_SIZES,
+            text_dim=T5_D_MODEL,
+            rope_dim=(4, 4, 4),
+            has_multi_term_memory_patch=True,
+            guidance_cross_attn=True,
+            zero_history_timestep=True,
+            is_amplify_history=False,
+        ),
+    )
+    return {
+        "transformer": transformer,
+        "vae": wan_vae(),
+        "scheduler": scheduler,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }
+
+
+# The transformer sizes of diffusers' Wan and Helios fast tests (tests/pipelines/wan, tests/pipelines/helios).
+WAN_TRANSFORMER_SIZES = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "in_channels": 16,
+    "out_channels": 16,
+    "freq_dim": 256,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+}
+
+
+def wan_vae():
+    """The Wan and Helios fast tests' AutoencoderKLWan (seed SEED + 1): base width 3, 16 latent channels, x8
+    spatial and x4 temporal."""
+    return seeded_eval(
+        SEED + 1,
+        lambda: AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        ),
+    )
+
+
+def text_embeds(seed: int, length: int) -> dict:
+    """``prompt_embeds`` and ``negative_prompt_embeds`` of ``length`` tokens of width :data:`~.tiny_flux.T5_D_MODEL`
+    (a T5 encoder's outputs), N(0, 1) from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(2, 1, length, T5_D_MODEL, generator=generator)
+    return {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
 
 def shap_e(scheduler) -> dict:

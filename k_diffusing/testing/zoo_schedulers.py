@@ -218,3 +218,11 @@ def sana_sprint() -> dict:
     """Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers: SCMScheduler (sCM, TrigFlow prediction,
     ``sigma_data`` 0.5); the pipeline passes ``max_timesteps`` and ``intermediate_timesteps`` to ``set_timesteps``."""
     return {"num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": 0.5}
+
+
+def helios() -> dict:
+    """diffusers' Helios fast test (``tests/pipelines/helios/test_helios.py``): HeliosScheduler with one stage over
+    the whole range (``stages`` 1, ``stage_range`` [0, 1]) and dynamic shifting (the pipeline passes ``mu``), UniPC
+    (bh2, order 2, x0 form) on flow sigmas by the class defaults. The class default (3 stages) fails the pipeline's
+    ``set_timesteps`` with KeyError: None (checked: the pipeline passes no ``stage_index``)."""
+    return {"stages": 1, "stage_range": [0, 1], "use_dynamic_shifting": True}

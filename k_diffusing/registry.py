@@ -117,6 +117,8 @@ _SPECS = [
     _spec("seeds_3", "exponential:sample_seeds_3", 3, 3, True, "Gonzalez et al. 2023, arXiv 2305.14267"),
     _spec("sa_solver", "sa_solver:sample_sa_solver", 4, 1, True, "Xue et al. 2023, arXiv 2309.05019"),
     _spec("sa_solver_pece", "sa_solver:sample_sa_solver_pece", 4, 2, True, "Xue et al. 2023, arXiv 2309.05019 (PECE)"),
+    _spec("sa_solver_diffusers", "sa_solver:sample_sa_solver_diffusers", 2, 1, True,
+          "Xue et al. 2023, arXiv 2309.05019, as diffusers' SASolverScheduler"),
     _spec("uni_pc", "unipc:sample_uni_pc", 4, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = h", ["UniPC"]),
     _spec("uni_pc_bh2", "unipc:sample_uni_pc_bh2", 4, 1, False, "Zhao et al. 2023, arXiv 2302.04867, B(h) = e^h - 1"),
     _spec("exp_heun_2_x0", "exponential:sample_exp_heun_2_x0", 2, 2, False,

@@ -60,7 +60,7 @@ from .samplers.multistep import (
     sample_plms,
 )
 from .samplers.restart import sample_restart
-from .samplers.sa_solver import sample_sa_solver, sample_sa_solver_pece
+from .samplers.sa_solver import sample_sa_solver, sample_sa_solver_diffusers, sample_sa_solver_pece
 from .samplers.singlestep import sample_dpmpp_singlestep
 from .samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 from .schedules import (
@@ -118,6 +118,7 @@ __all__ = [
     "sample_res_multistep_cfg_pp",
     "sample_restart",
     "sample_sa_solver",
+    "sample_sa_solver_diffusers",
     "sample_sa_solver_pece",
     "sample_seeds_2",
     "sample_seeds_3",

@@ -81,6 +81,7 @@ MEASURES: dict[str, Measure] = {
     "seeds_3": Measure((20, 40, 80, 160), {"eta": 0.0}),
     "sa_solver": Measure((20, 40, 80, 160), _ZERO_TAU),
     "sa_solver_pece": Measure((20, 40, 80, 160), _ZERO_TAU),
+    "sa_solver_diffusers": Measure(ode_kwargs=_ZERO_TAU),
     "uni_pc": Measure((20, 40, 80, 160), {"lower_order_final": False}),
     "uni_pc_bh2": Measure((20, 40, 80, 160), {"lower_order_final": False}),
     "exp_heun_2_x0": Measure(),

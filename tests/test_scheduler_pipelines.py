@@ -42,6 +42,7 @@ SAMPLERS = ["euler_ancestral", "heun", "dpmpp_2m_sde", "uni_pc", "res_multistep"
 # Zoo cases whose own scheduler KScheduler(sampler=None) does not reproduce, with what stands in the way (issue 23).
 NOT_EQUIVALENT = {
     "cogvideox_dpm": "CogVideoXDPMScheduler has no k-sampler equivalent yet",
+    "helios": "HeliosScheduler has no k-sampler equivalent yet",
     "ltx_condition": "diffusers' per-token step integrates from per_token_timesteps / 1000 while its own sigmas "
                      "(stretched by shift_terminal) say otherwise; KScheduler integrates its sigmas",
     "ltx_condition_image": "per-token timesteps differ across tokens (the conditioning frame at 0): refused",
@@ -49,7 +50,7 @@ NOT_EQUIVALENT = {
 # Cases where explicit samplers cannot run either, with the reason.
 NO_EXPLICIT = {name: NOT_EQUIVALENT[name] for name in ("ltx_condition_image",)}
 # Pipelines that slice ``timesteps`` by num_inference_steps themselves (not by set_begin_index / order).
-SLICES_TIMESTEPS = {"kandinsky22_img2img"}
+SLICES_TIMESTEPS = {"kandinsky21_img2img", "kandinsky22_img2img"}
 # Schedulers whose timesteps end with a final entry that is no call (SCM's t = 0; Sana Sprint loops over [:-1]).
 FINAL_TIMESTEP = {"sana_sprint"}
 

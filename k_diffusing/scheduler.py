@@ -51,9 +51,8 @@ from .samplers.base import distinct_sigmas, dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
-from .pipelines.schedulers import (brownian_noise_for, call_keywords, check_supported, equivalent, flow_shift,
-                                   known_class,
-                                   limits_denoised, read_schedule, set_up)
+from .pipelines.schedulers import (FLOW_CLASSES, brownian_noise_for, call_keywords, check_supported, equivalent,
+                                   flow_convention, flow_shift, known_class, limits_denoised, read_schedule, set_up)
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +185,10 @@ def _rule_name(name: str | None) -> str | None:
 
 
 def is_flow_config(class_name: str, config) -> bool:
-    """Flow matching: a FlowMatch* scheduler, or a DPM/UniPC-style one configured with flow sigmas."""
-    return (class_name.startswith("FlowMatch") or bool(config.get("use_flow_sigmas", False))
+    """Flow matching: a FlowMatch* scheduler or another flow class (LTX's Euler ancestral RF, MiniMax-H3), or a
+    DPM/UniPC-style one configured with flow sigmas."""
+    return (class_name.startswith("FlowMatch") or class_name in FLOW_CLASSES
+            or bool(config.get("use_flow_sigmas", False))
             or config.get("prediction_type") == "flow_prediction")
 
 
@@ -376,6 +377,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._carried = _carried_in_flow(base)
         self._data_scale = float(base.config.get("sigma_data", 1.0)) if self._carried == "trig" else 1.0
         self.geometry = FLOW if is_flow_config(type(base).__name__, base.config) or self._carried else VE
+        self._flow = flow_convention(base)  # a flow base's own timestep and velocity convention (MiniMax-H3)
         prediction_type = base.config.get("prediction_type") or "epsilon"
         if (self.geometry is VE or self._carried == "vp") and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {prediction_type!r} is not supported; accepted: "
@@ -385,6 +387,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         # LCM's boundary condition (Luo et al. 2023, arXiv 2310.04378, Eq. 9 with c_skip/c_out of its timestep):
         # part of what the distilled model outputs, so applied to D for every sampler, after the limit as LCM does
         self._boundary = getattr(base, "get_scalings_for_boundary_condition_discrete", None)
+        self._steps_to_prev = "prev_timestep" in inspect.signature(base.step).parameters  # UnCLIP's step target
         # EDM preconditioning (Karras et al. 2022, arXiv 2206.00364, Table 1): the base's own c_in, c_noise and
         # c_skip / c_out (EDMEuler, EDMDPMSolverMultistep, CosineDPMSolverMultistep keep them as methods)
         self._edm = all(hasattr(base, f"precondition_{part}") for part in ("inputs", "noise", "outputs"))
@@ -636,6 +639,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             ve = DiscreteDenoiser(None, self.base.alphas_cumprod, self._prediction_type,
                                   "quantized" if self._quantize else "continuous", None)
             return _PairedTimesteps(known, lambda s: ve.host_t(FLOW.to_ve(s)))
+        if self._flow is not None:
+            return _PairedTimesteps(known, self._flow.timestep)
         if self.geometry is FLOW:
             return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
         if self._edm:
@@ -778,6 +783,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         prediction = model_output.to(x.dtype)
         if self._carried:
             denoised = self._carried_denoised(x, sigma, prediction)
+        elif self._flow is not None:
+            denoised = self._flow.denoised(x, self._bridge.host_t(sigma), prediction)
         elif self.geometry is FLOW:
             denoised = x - sigma * prediction
         elif self._edm:
@@ -887,8 +894,11 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         model = _Suspending(self.geometry)
 
         def run(x):
-            return _Done(self._function(model, x, torch.tensor(sigmas, dtype=torch.float64), disable=True,
-                                        **kwargs))
+            final = self._function(model, x, torch.tensor(sigmas, dtype=torch.float64), disable=True, **kwargs)
+            eq = self._equivalent
+            if eq is not None and eq.final_scale is not None and self._own is not None:
+                final = final * eq.final_scale(self.base)  # the base's own last step (UnCLIP)
+            return _Done(final)
 
         self._greenlet = greenlet.greenlet(run)
         return self._resume(self._to_state(sample, sigmas[0]))
@@ -945,6 +955,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                              f"{eta!r}}} (a stochastic sampler: DDIM's eta is euler_ancestral's); the pipeline's eta "
                              "must be 0 here (it is the sampler's own option only where the base is TCD)")
         passed = {k: base_kwargs.pop(k) for k in list(base_kwargs) if k in step_options}
+        if self._steps_to_prev:  # absent, UnCLIP's step goes to t - 1: checked like None
+            base_kwargs.setdefault("prev_timestep", None)
         if base_kwargs:
             self._check_step_extras(base_kwargs, timestep)
         if self._greenlet is None:
@@ -1017,11 +1029,29 @@ class KScheduler(SchedulerMixin, ConfigMixin):
                         "levels) need a per-token step, which a k-sampler (one sigma for the whole state) cannot "
                         "take; KScheduler runs only calls whose per-token timesteps all equal the step's timestep")
                 continue
+            if name == "prev_timestep":
+                self._check_prev_timestep(value, timestep)
+                continue
             default = defaults[name].default
             if value is not None and not (default is not inspect.Parameter.empty and _same(value, default)):
                 raise ValueError(f"{owner}({name}={value!r}) changes what {type(self.base).__name__} computes, which "
                                  f"KScheduler's sampler does not do; leave {name} at its default ({default!r}) and "
                                  "pass sampler options in sampler_kwargs")
+
+    def _check_prev_timestep(self, value, timestep) -> None:
+        """UnCLIP's ``prev_timestep`` (its pipelines pass the next timestep, None at the last): the step's target,
+        which must be the next call's timestep (None: ``t - 1``, one training step, only at the last call, whose
+        ``t - 1 = -1`` is the clean end); another target is refused, as the sampler steps through its schedule."""
+        self._init_step_index(timestep)
+        index = self._step_index
+        last = index + 1 >= len(self.timesteps)
+        wanted = None if last else self.timesteps[index + 1]
+        if (value is None) != last or (value is not None and not bool(torch.as_tensor(value).cpu() == wanted.cpu())):
+            raise ValueError(
+                f"{type(self.base).__name__}.step(prev_timestep={value!r}) at call {index} steps to another timestep "
+                f"than the schedule's next ({None if wanted is None else int(wanted)}; None at the last call, where "
+                "t - 1 is the clean end); KScheduler's sampler steps through its schedule: pass the next timestep, "
+                "as UnCLIP's pipelines do")
 
     def _check_call(self, call, index: int):
         if not isinstance(call, _Call):
@@ -1060,7 +1090,11 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         return noised / (sigma**2 + 1) ** 0.5 if self._vp else noised
 
     def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
-        """FlowMatchEulerDiscreteScheduler's name for :meth:`add_noise` (flow img2img / inpainting)."""
+        """FlowMatchEulerDiscreteScheduler's name for :meth:`add_noise` (flow img2img / inpainting). A base with its
+        own flow convention (MiniMax-H3) takes ``timestep`` at face value in that convention: its own
+        ``scale_noise``, which reads no schedule."""
+        if self._flow is not None:
+            return self.base.scale_noise(sample, timestep, noise)
         return self.add_noise(sample, noise, timestep)
 
     def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):

@@ -14,9 +14,10 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..noise import BrownianTreeNoiseSampler
@@ -29,13 +30,15 @@ class Equivalent:
     absent, the base step's default); ``run_options(base, kwargs)`` gives options computed from the set-up base
     and those values, one entry per step of its own schedule (TCD's intermediate sigmas); ``schedule_options(own)``
     gives options that follow from the base's own schedule (a :class:`SchedulerSigmas`) and shape its calls (the
-    extra call of a schedule ending on a repeated sigma)."""
+    extra call of a schedule ending on a repeated sigma); ``final_scale(base)`` is the factor by which the base's
+    own last step multiplies its result (UnCLIP's), applied on its own schedule."""
 
     sampler: str
     kwargs: dict = field(default_factory=dict)
     step_options: dict = field(default_factory=dict)
     run_options: Callable | None = None
     schedule_options: Callable | None = None
+    final_scale: Callable | None = None
 
 
 def _dpm_multistep(config) -> Equivalent:
@@ -87,6 +90,19 @@ def _ddpm(config, name: str) -> Equivalent:
     return Equivalent("ddpm")
 
 
+def _unclip_final_scale(scheduler) -> float:
+    """UnCLIPScheduler's last step (``t = 0``, ``prev_timestep = t - 1``) returns ``beta_0 / (1 - abar_0) x0``: it
+    takes ``beta_0`` from ``betas`` and ``1 - abar_0`` from ``alphas_cumprod``, whose ``abar_0 = 1 - beta_0`` is
+    rounded to float32, so the factor is not 1 (Karlo's squaredcos table: 0.99947, 5.3e-4 below)."""
+    return float(scheduler.betas[0].double() / (1 - scheduler.alphas_cumprod[0].double()))
+
+
+def _unclip(config) -> Equivalent:
+    """UnCLIP (Karlo) steps by DDPM's posterior (``fixed_small_log`` is its standard deviation): ``ddpm``, with the
+    factor of its last step (:func:`_unclip_final_scale`)."""
+    return replace(_ddpm(config, "UnCLIPScheduler"), final_scale=_unclip_final_scale)
+
+
 def _tcd_sigmas_s(scheduler, kwargs: dict) -> dict:
     """TCD's intermediate levels (diffusers' ``TCDScheduler.step``): after the step from ``t`` the sample is taken to
     timestep ``s = floor((1 - gamma) t_prev)`` (``t_prev``: the next timestep, 0 after the last), computed as
@@ -111,12 +127,77 @@ def _pndm(config) -> Equivalent:
     return Equivalent("plms")
 
 
+def _descending(config, name: str) -> None:
+    """Refuse a flow scheduler configured with ``invert_sigmas`` (its sigmas run upwards from 0)."""
+    if config.get("invert_sigmas", False):
+        raise ValueError(f"{name}(invert_sigmas=True) runs sigma upwards from 0; no k-sampler integrates that way. "
+                         "Use invert_sigmas=False or pass sampler= with a descending schedule")
+
+
 def _flow_match_euler(config) -> Equivalent:
     """Euler in flow geometry; with ``stochastic_sampling`` its step is ``x = (1 - s') D + s' z``, i.e. ``lcm``."""
-    if config.get("invert_sigmas", False):
-        raise ValueError("FlowMatchEulerDiscreteScheduler(invert_sigmas=True) runs sigma upwards from 0; no k-sampler "
-                         "integrates that way. Use invert_sigmas=False or pass sampler= with a descending schedule")
+    _descending(config, "FlowMatchEulerDiscreteScheduler")
     return Equivalent("lcm" if config.get("stochastic_sampling", False) else "euler")
+
+
+def _flow_match_lcm(config) -> Equivalent:
+    """FlowMatchLCMScheduler's step is ``x = (1 - s') D + s' z`` with fresh noise ``z`` (Luo et al. 2023, arXiv
+    2310.04378, Alg. 3, in flow units): ``lcm``. With ``scale_factors`` it upsamples ``D`` between steps, so the state
+    changes shape, which a k-sampler's state (one tensor through the run) cannot."""
+    _descending(config, "FlowMatchLCMScheduler")
+    if config.get("scale_factors"):
+        raise ValueError(
+            f"FlowMatchLCMScheduler(scale_factors={list(config.scale_factors)}) upsamples the denoised estimate "
+            "between steps (the latents grow), and a k-sampler's state keeps one shape through the run, so no "
+            "k-sampler is its exact equivalent; use scale_factors=None or pass sampler=")
+    return Equivalent("lcm")
+
+
+def _ltx_euler_ancestral_rf(config) -> Equivalent:
+    """LTXEulerAncestralRFScheduler (ComfyUI's ``sample_euler_ancestral_RF``) with ``eta = 0`` is the flow Euler step
+    ``x' = (s'/s) x + (1 - s'/s) D``: ``euler``. With ``eta > 0`` it steps to ``sigma_down = s' (1 + (s'/s - 1)
+    eta)``, a split linear in the flow sigma, where ``euler_ancestral`` steps to the DDPM posterior's ``sigma_down``
+    (VE ``s_ve'^2 / s_ve``; at ``eta = 1``, s = 0.8, s' = 0.6: 0.45 against 0.36); with ``s_noise = 0`` it still
+    steps to that ``sigma_down`` and then adds no noise."""
+    if config.eta:
+        raise ValueError(
+            f"LTXEulerAncestralRFScheduler(eta={config.eta}, s_noise={config.s_noise}) splits each step at "
+            "sigma_down = sigma_next (1 + (sigma_next / sigma - 1) eta), linear in the flow sigma (ComfyUI's "
+            "euler_ancestral_RF), and re-noises to sigma_next by s_noise (not at all at s_noise=0); the catalogue's "
+            "euler_ancestral splits by the DDPM posterior (in VE units), so no k-sampler is its exact equivalent; "
+            "use eta=0 (equivalent 'euler') or pass sampler=")
+    return Equivalent("euler")
+
+
+def _minimax_timestep(sigma: float) -> float:
+    """MiniMax-H3's timestep ``t = 1 - sigma`` (``t = 1``: clean), the float32 difference as its scheduler keeps it."""
+    return float(np.float32(1.0) - np.float32(sigma))
+
+
+def _minimax_denoised(x: torch.Tensor, t: float, v: torch.Tensor) -> torch.Tensor:
+    """MiniMax-H3's ``x0 = x + (1 - t) v``: its network predicts the data-ward velocity ``x0 - eps``."""
+    return x + (1.0 - t) * v
+
+
+@dataclass(frozen=True)
+class FlowConvention:
+    """A flow scheduler that names its noise level and velocity otherwise than diffusers' FlowMatch ones (``t = sigma
+    N``, ``v = eps - x0``, ``D = x - sigma v``): ``timestep(sigma)``, what it feeds the network, and ``denoised(x, t,
+    v)``, its own ``x0`` formula at that timestep. Its ``scale_noise`` takes the timestep at face value."""
+
+    timestep: Callable[[float], float]
+    denoised: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
+
+
+FLOW_CONVENTIONS = {"MiniMaxH3Scheduler": FlowConvention(_minimax_timestep, _minimax_denoised)}
+# Flow-matching scheduler classes whose names do not start with FlowMatch.
+FLOW_CLASSES = {"LTXEulerAncestralRFScheduler", *FLOW_CONVENTIONS}
+
+
+def flow_convention(scheduler) -> FlowConvention | None:
+    """The :class:`FlowConvention` of ``scheduler``'s class (or nearest listed base), None for the FlowMatch one."""
+    return next((FLOW_CONVENTIONS[c.__name__] for c in type(scheduler).__mro__ if c.__name__ in FLOW_CONVENTIONS),
+                None)
 
 
 def _final_call(own) -> dict:
@@ -159,6 +240,10 @@ _EQUIVALENTS = {
     "LCMScheduler": lambda c: Equivalent("lcm"),
     "FlowMatchEulerDiscreteScheduler": _flow_match_euler,
     "FlowMatchHeunDiscreteScheduler": lambda c: Equivalent("heun"),
+    "FlowMatchLCMScheduler": _flow_match_lcm,
+    "LTXEulerAncestralRFScheduler": _ltx_euler_ancestral_rf,
+    "MiniMaxH3Scheduler": lambda c: Equivalent("euler"),
+    "UnCLIPScheduler": _unclip,
 }
 
 # The last step's alpha-bar of schedulers without sigmas, where it is not their final_alpha_cumprod: LCM returns its
@@ -169,7 +254,8 @@ _FINAL_ALPHA_CUMPROD = {"LCMScheduler": lambda s: 1.0, "TCDScheduler": lambda s:
 _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
            "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "EDMEulerScheduler",
-           "EDMDPMSolverMultistepScheduler"}
+           "EDMDPMSolverMultistepScheduler", "FlowMatchLCMScheduler", "LTXEulerAncestralRFScheduler",
+           "MiniMaxH3Scheduler"}
 
 
 _DISCRETE_TOKENS = ("diffuses discrete tokens (masked or categorical states, sampled from logits), not Gaussian "

@@ -80,6 +80,17 @@ def _group_update(geo: Geometry, x_s: torch.Tensor, sigmas: list[float], sigma_t
     return (sigma_t / sigmas[0]) * x_s + geo.alpha(sigma_t) * combine(weights, values)
 
 
+def given_orders(orders, steps: int) -> list[int]:
+    """The caller's order of each step (diffusers' ``order_list`` from the run's first step on), each 1, 2 or 3 and
+    lowered to the model outputs the run has made by then (``min(order, k + 1)`` at its step ``k``), as diffusers'
+    ``step`` lowers an order whose earlier outputs it lacks (a run started mid-schedule, img2img)."""
+    values = [int(o) for o in orders]
+    if len(values) != steps or any(o not in (1, 2, 3) for o in values):
+        raise ValueError(f"orders must hold one order (1, 2 or 3) per step ({steps}, the final call's step "
+                         f"included), got {values}")
+    return [min(o, k + 1) for k, o in enumerate(values)]
+
+
 def _check_options(order, solver_type, algorithm_type) -> None:
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -103,7 +114,7 @@ def _check_noise_prediction(geo: Geometry, grid: list[float]) -> None:
 @torch.no_grad()
 def sample_dpmpp_singlestep(model, x, sigmas, extra_args=None, callback=None, disable=None, order=2, *,
                             solver_type="midpoint", algorithm_type="dpmsolver++", lower_order_final=False,
-                            final_call=False):
+                            final_call=False, orders=None):
     """DPM-Solver++(2S/3S) singlestep on the schedule's grid, Lu et al. 2022b (arXiv 2211.01095), Alg. 1; with
     ``algorithm_type='dpmsolver'`` DPM-Solver-2/3 in noise prediction, Lu et al. 2022a (arXiv 2206.00927), Algs. 1-2.
     diffusers' ``DPMSolverSinglestepScheduler`` step for step (see the module docstring).
@@ -117,6 +128,9 @@ def sample_dpmpp_singlestep(model, x, sigmas, extra_args=None, callback=None, di
     model is called there once more and the group's last step, of zero length, is completed with that output (a
     first-order step leaves the sample as it is, a higher-order one redoes the group's step with it). The repeat is
     counted as a step by :func:`singlestep_orders`.
+
+    ``orders`` (one per step) replaces :func:`singlestep_orders` (:func:`given_orders`): the order list of a
+    diffusers scheduler whose run starts mid-schedule, where its groups keep their places on the whole schedule.
     """
     _check_options(order, solver_type, algorithm_type)
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable)
@@ -126,7 +140,10 @@ def sample_dpmpp_singlestep(model, x, sigmas, extra_args=None, callback=None, di
     noise_prediction = algorithm_type == "dpmsolver"
     if noise_prediction:
         _check_noise_prediction(geo, grid)
-    orders = singlestep_orders(len(grid) - 1, order, lower_order_final, grid[-1] == 0)
+    if orders is None:
+        orders = singlestep_orders(len(grid) - 1, order, lower_order_final, grid[-1] == 0)
+    else:
+        orders = given_orders(orders, len(grid) - 1)
     x_s, start, values = x, 0, []
 
     def advance(k: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

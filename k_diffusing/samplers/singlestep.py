@@ -81,14 +81,15 @@ def _group_update(geo: Geometry, x_s: torch.Tensor, sigmas: list[float], sigma_t
 
 
 def given_orders(orders, steps: int) -> list[int]:
-    """The caller's order of each step (diffusers' ``order_list`` from the run's first step on), each 1, 2 or 3 and
-    lowered to the model outputs the run has made by then (``min(order, k + 1)`` at its step ``k``), as diffusers'
-    ``step`` lowers an order whose earlier outputs it lacks (a run started mid-schedule, img2img)."""
+    """The caller's order of each step (diffusers' ``order_list`` from the run's first step on), each 1, 2 or 3.
+    A run whose first orders exceed 1 (started mid-schedule, img2img) takes its start as the group's start: step
+    ``k`` then has order ``min(order, k + 1)``, as diffusers' ``step`` lowers an order whose earlier outputs it
+    lacks."""
     values = [int(o) for o in orders]
     if len(values) != steps or any(o not in (1, 2, 3) for o in values):
         raise ValueError(f"orders must hold one order (1, 2 or 3) per step ({steps}, the final call's step "
                          f"included), got {values}")
-    return [min(o, k + 1) for k, o in enumerate(values)]
+    return values
 
 
 def _check_options(order, solver_type, algorithm_type) -> None:

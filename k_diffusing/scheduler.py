@@ -764,9 +764,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         most flow pipelines): pass the generator you give the pipeline for reproducible noise."""
         self._generator = generator
 
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+    def scale_model_input(self, sample: torch.Tensor, timestep=None, **base_kwargs) -> torch.Tensor:
         """The network's input at the current call: ``x / sqrt(sigma^2 + 1)`` for discrete models (VP scaling of
-        VE latents), the latents themselves for flow models and VP latents."""
+        VE latents), the latents themselves for flow models and VP latents. ``base_kwargs``: what the base's own
+        ``scale_model_input`` takes and ignores (SA-Solver's ``generator``); others raise."""
+        if base_kwargs:
+            call_keywords(self.base.scale_model_input, base_kwargs, f"{type(self.base).__name__}.scale_model_input")
         self._init_step_index(timestep)
         if self.geometry is FLOW or self._vp:
             return sample

@@ -262,11 +262,6 @@ DROPPED = {
 }
 
 
-def _refused(cls: str, why: str) -> str:
-    return f"KScheduler: {cls} refused when built ({why}), sampler=None has no equivalent"
-
-
-NO_EQUIVALENT = "ValueError 'has no k-sampler equivalent; pass sampler= explicitly'"
 # Diagnosed against the tree of 2026-12-07 (KScheduler.from_scheduler(native), sampler=None): id -> cause.
 KNOWN_FAILURES = {
     "LMSDiscreteScheduler-test_full_loop_with_noise": (
@@ -274,16 +269,7 @@ KNOWN_FAILURES = {
         "running the tail does; native LMS takes order min(step_index + 1, 4) from the absolute index with an empty "
         "history, so its weights do not sum to the step (not even first-order consistent: 0.123 vs 0.046 relative "
         "error against the exact Gaussian flow, tests/test_schedule_end.py): sum 57074.8 vs 27663.7"),
-    **{f"{cls}-{test}": _refused(cls, NO_EQUIVALENT) for cls, tests in [
-        ("SASolverScheduler", ["test_full_loop_with_v_prediction", "test_full_loop_device",
-                               "test_full_loop_device_karras_sigmas"]),
-        ("DPMSolverSinglestepScheduler", ["test_full_loop_no_noise", "test_full_loop_with_v_prediction",
-                                          "test_full_uneven_loop", "test_full_loop_with_noise"]),
-    ] for test in tests},
 }
-# what each of these loops meets next, once its class is accepted
-KNOWN_FAILURES["SASolverScheduler-test_full_loop_with_v_prediction"] += (
-    "; then the loop's scale_model_input(sample, t, generator=...) is a TypeError (KScheduler's takes no generator)")
 # Loops KScheduler refuses, each for a stated reason: id -> (exception, words of its message). DDIM with clip_sample
 # steps with the clipped x0 and the unclipped eps (two x0 estimates, a k-sampler sees one); PNDM's PRK warm-up calls
 # the network at half-way timesteps of the training grid; the DDPM loops step without set_timesteps, which KScheduler

@@ -114,6 +114,37 @@ def _tcd_sigmas_s(scheduler, kwargs: dict) -> dict:
     return {"sigmas_s": (((1 - acp) / acp) ** 0.5).double().tolist()}
 
 
+def _dpm_singlestep(config) -> Equivalent:
+    """DPM-Solver(++) singlestep on the base's own grid: the intermediate points are its grid points, in the groups
+    of its ``order_list`` (which ``set_timesteps`` has fitted, ``lower_order_final`` included; sliced for a run
+    started mid-schedule); a repeated ``sigma_min`` end is its final call."""
+    if config.algorithm_type == "sde-dpmsolver++":
+        raise ValueError("DPMSolverSinglestepScheduler(algorithm_type='sde-dpmsolver++') draws noise inside its "
+                         "singlestep SDE update, which dpmpp_singlestep does not: no k-sampler is its exact "
+                         "equivalent; pass sampler=")
+    return Equivalent("dpmpp_singlestep", {"order": config.solver_order, "solver_type": config.solver_type,
+                                           "algorithm_type": config.algorithm_type},
+                      run_options=lambda base, kwargs: {"orders": list(base.order_list)},
+                      schedule_options=_final_call)
+
+
+def _sa_solver_taus(scheduler, kwargs: dict) -> dict:
+    """SASolverScheduler's tau of each step: its own ``tau_func`` at the step's timestep."""
+    return {"taus": [float(scheduler.tau_func(t)) for t in scheduler.timesteps]}
+
+
+def _sa_solver(config) -> Equivalent:
+    """SA-Solver as diffusers runs it (``sa_solver_diffusers``; ComfyUI's ``sa_solver`` is another method)."""
+    if config.algorithm_type != "data_prediction":
+        raise ValueError(f"SASolverScheduler(algorithm_type={config.algorithm_type!r}) integrates the noise "
+                         "prediction; sa_solver_diffusers is its data-prediction form: use "
+                         "algorithm_type='data_prediction' or pass sampler=")
+    return Equivalent("sa_solver_diffusers", {"predictor_order": config.predictor_order,
+                                              "corrector_order": config.corrector_order,
+                                              "lower_order_final": bool(config.lower_order_final)},
+                      run_options=_sa_solver_taus, schedule_options=_final_call)
+
+
 def _pndm(config) -> Equivalent:
     """PNDM with ``skip_prk_steps`` (PLMS, the SD 1.x default) is ``plms``; its pseudo Runge-Kutta warm-up
     evaluates the network at half-way timesteps ``t - stride / 2`` of the integer training grid, which are not in
@@ -235,6 +266,8 @@ _EQUIVALENTS = {
     "SCMScheduler": lambda c: Equivalent("lcm"),
     "TCDScheduler": lambda c: Equivalent("tcd", step_options={"eta": "gamma"}, run_options=_tcd_sigmas_s),
     "PNDMScheduler": _pndm,
+    "DPMSolverSinglestepScheduler": _dpm_singlestep,
+    "SASolverScheduler": _sa_solver,
     "EDMEulerScheduler": lambda c: Equivalent("euler"),
     "EDMDPMSolverMultistepScheduler": _dpm_multistep,
     "LCMScheduler": lambda c: Equivalent("lcm"),
@@ -255,7 +288,7 @@ _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDis
            "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "EDMEulerScheduler",
            "EDMDPMSolverMultistepScheduler", "FlowMatchLCMScheduler", "LTXEulerAncestralRFScheduler",
-           "MiniMaxH3Scheduler"}
+           "MiniMaxH3Scheduler", "DPMSolverSinglestepScheduler", "SASolverScheduler"}
 
 
 _DISCRETE_TOKENS = ("diffuses discrete tokens (masked or categorical states, sampled from logits), not Gaussian "

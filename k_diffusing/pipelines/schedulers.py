@@ -507,6 +507,11 @@ def _explicit_support(cls) -> tuple[str, str]:
     from ..scheduler import KScheduler
 
     try:
+        cls().set_timesteps(10)
+    except Exception as error:  # noqa: BLE001 - the class's own default config does not set up
+        return "open", (f"no equivalent; its default config fails set_timesteps in diffusers itself "
+                        f"({type(error).__name__}: {str(error)[:60]})")
+    try:
         KScheduler.from_scheduler(cls(), sampler="euler").set_timesteps(10)
     except Exception as error:  # noqa: BLE001 - any failure means explicit samplers cannot set up on it yet
         return "open", f"no equivalent; explicit samplers do not set up yet ({type(error).__name__}: {str(error)[:80]})"

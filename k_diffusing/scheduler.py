@@ -51,8 +51,8 @@ from .samplers.base import distinct_sigmas, dry_run, needs_uncond, parameters
 from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
-from .pipelines.schedulers import (FLOW_CLASSES, brownian_noise_for, call_keywords, check_supported, equivalent,
-                                   flow_convention, flow_shift, known_class, limits_denoised, read_schedule, set_up)
+from .pipelines.schedulers import (FLOW_CLASSES, brownian_noise_for, call_keywords, check_supported,
+                                   edm_preconditioning, equivalent, flow_convention, flow_shift, known_class, limits_denoised, read_schedule, set_up)
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,9 @@ class _PairedTimesteps:
 
 
 class _PreconditionedNoise:
-    """The timestep rule of an EDM-preconditioned base: its ``precondition_noise(sigma)`` (``c_noise``; ``0.25 log
-    sigma`` for EDM's Karras schedule), evaluated on the float32 sigma as the base does, or the base's own timestep
-    where ``(sigma, t)`` is one of its pairs."""
+    """The timestep rule of an EDM-preconditioned base (``base``: what :func:`edm_preconditioning` gives): its
+    ``precondition_noise(sigma)`` (``c_noise``; ``0.25 log sigma`` for EDM's Karras schedule), evaluated on the
+    float32 sigma as the base does, or the base's own timestep where ``(sigma, t)`` is one of its pairs."""
 
     def __init__(self, base, known):
         self.base = base
@@ -252,11 +252,13 @@ def _config_keys(cls: type) -> set[str] | None:
 
 def _timesteps_like(base_timesteps, values: list[float], device) -> torch.Tensor:
     """The call plan's timesteps: in the base's integer dtype where the base keeps integer timesteps (DDIM, PNDM,
-    LCM, DPM-Solver: int64) and every value is a whole number (the base's own schedule), float32 otherwise."""
+    LCM, DPM-Solver: int64) and every value is a whole number (the base's own schedule), float64 where the base
+    keeps float64 ones (computed in numpy: consistency models, DPM-Solver SDE), float32 otherwise."""
     integer = isinstance(base_timesteps, torch.Tensor) and not base_timesteps.is_floating_point()
     if integer and all(float(v).is_integer() for v in values):
         return torch.tensor(values, dtype=torch.float64).to(base_timesteps.dtype).to(device)
-    return torch.tensor(values, dtype=torch.float32, device=device)
+    wide = isinstance(base_timesteps, torch.Tensor) and base_timesteps.dtype == torch.float64
+    return torch.tensor(values, dtype=torch.float64 if wide else torch.float32, device=device)
 
 
 def _same(value, default) -> bool:
@@ -389,8 +391,9 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         self._boundary = getattr(base, "get_scalings_for_boundary_condition_discrete", None)
         self._steps_to_prev = "prev_timestep" in inspect.signature(base.step).parameters  # UnCLIP's step target
         # EDM preconditioning (Karras et al. 2022, arXiv 2206.00364, Table 1): the base's own c_in, c_noise and
-        # c_skip / c_out (EDMEuler, EDMDPMSolverMultistep, CosineDPMSolverMultistep keep them as methods)
-        self._edm = all(hasattr(base, f"precondition_{part}") for part in ("inputs", "noise", "outputs"))
+        # c_skip / c_out (EDMEuler, EDMDPMSolverMultistep, CosineDPMSolverMultistep keep them as methods; a
+        # consistency model's by its scheduler's formulas)
+        self._edm = edm_preconditioning(base)
         if quantize_timesteps and (self.geometry is FLOW or self._edm):
             raise ValueError("quantize_timesteps applies to discrete (eps/v) models; flow models take sigma * 1000 "
                              "and EDM-preconditioned ones their c_noise(sigma)")
@@ -644,7 +647,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if self.geometry is FLOW:
             return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
         if self._edm:
-            return _PreconditionedNoise(self.base, known)
+            return _PreconditionedNoise(self._edm, known)
         mode = "quantized" if self._quantize else "continuous"
         return DiscreteDenoiser(None, self.base.alphas_cumprod, self.base.config.prediction_type, mode, known)
 
@@ -775,7 +778,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
             return sample
         s = torch.full((), self._plan.sigmas[self._step_index], dtype=torch.float32, device=sample.device)
         if self._edm:
-            return self.base.precondition_inputs(sample, s)
+            return self._edm.precondition_inputs(sample, s)
         return sample / (s**2 + 1) ** 0.5
 
     def _denoised(self, x: torch.Tensor, sigma: float, model_output: torch.Tensor) -> torch.Tensor:
@@ -791,7 +794,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         elif self.geometry is FLOW:
             denoised = x - sigma * prediction
         elif self._edm:
-            denoised = self.base.precondition_outputs(x, prediction, torch.tensor(sigma, dtype=torch.float32))
+            denoised = self._edm.precondition_outputs(x, prediction, torch.tensor(sigma, dtype=torch.float32))
         else:
             kind = self._prediction_type
             s = sigma if kind == "epsilon" else torch.full((1,) * x.ndim, sigma, dtype=x.dtype, device=x.device)
@@ -886,7 +889,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         elif takes(self._function, "generator"):
             kwargs.setdefault("generator", generator)
         if self.config.sampler is None and self._own is not None and "noise_sampler" not in kwargs:
-            own_noise = brownian_noise_for(self.base, sample, self._own.sigmas.to(torch.float32))
+            own_noise = brownian_noise_for(self.base, sample, self._own.sigmas.to(torch.float32), generator)
             if own_noise is not None:
                 kwargs["noise_sampler"] = own_noise
         if (generator is None and "noise_sampler" not in kwargs and not self._mode.seeded

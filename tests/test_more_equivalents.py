@@ -1,12 +1,16 @@
 """``sampler=None`` on the remaining scheduler classes (issue 23, item 2): MiniMaxH3Scheduler -> ``euler``,
 LTXEulerAncestralRFScheduler (``eta = 0``) -> ``euler``, FlowMatchLCMScheduler -> ``lcm``, UnCLIPScheduler ->
-``ddpm``, and the configs of those classes that no k-sampler represents, refused when the KScheduler is built.
+``ddpm``, CMStochasticIterativeScheduler -> ``lcm`` (its ``sigma_min`` boundary), CosineDPMSolverMultistepScheduler
+-> ``dpmpp_2m_sde`` (its Brownian tree), and the configs of those classes that no k-sampler represents, refused when
+the KScheduler is built (IPNDMScheduler whole).
 
 Each native scheduler runs in its own plain loop in float64 (``x = randn * init_noise_sigma``; for t in timesteps:
 ``out = net(scale_model_input(x, t), t)``; ``x = step(out, t, x, generator=g).prev_sample``), and
 ``KScheduler.from_scheduler(native)`` in the same loop from the same start with the same network and generator
 seed. The networks are the analytic Gaussian-mixture denoiser written as each class's network: a flow velocity
-``v = (x - D) / sigma`` (MiniMax-H3: the data-ward ``-v`` at ``t = 1 - sigma``), or an eps-model on VP latents.
+``v = (x - D) / sigma`` (MiniMax-H3: the data-ward ``-v`` at ``t = 1 - sigma``), an eps-model on VP latents, or
+the raw output ``F`` of an EDM-style parameterisation ``D = c_skip x + c_out F`` (consistency models, Stable
+Audio's cosine DPM-Solver) that recovers sigma from its timestep.
 Both loops must make the same network calls (the same timesteps) and end within 1e-6 relative (max |diff| over max
 |x|). LTX's and FlowMatchLCM's steps round the sample to float32; MiniMax-H3 and UnCLIP compute in the loop's dtype.
 """
@@ -18,9 +22,11 @@ import math
 
 import pytest
 import torch
-from diffusers import FlowMatchLCMScheduler, LTXEulerAncestralRFScheduler, MiniMaxH3Scheduler, UnCLIPScheduler
+from diffusers import (CMStochasticIterativeScheduler, CosineDPMSolverMultistepScheduler, FlowMatchLCMScheduler,
+                       IPNDMScheduler, LTXEulerAncestralRFScheduler, MiniMaxH3Scheduler, UnCLIPScheduler)
 
 from k_diffusing.geometry import FLOW
+from k_diffusing.samplers.multistep import sample_ipndm
 from k_diffusing.scheduler import KScheduler
 from k_diffusing.testing.analytic import bimodal
 
@@ -55,6 +61,28 @@ class VPEps:
         sigma = math.sqrt((1 - abar) / abar)
         x_ve = x_vp * math.sqrt(sigma**2 + 1)
         return (x_ve - self.denoiser(x_ve, torch.tensor(sigma, dtype=torch.float64))) / sigma
+
+
+class Preconditioned:
+    """The analytic VE denoiser as the raw network ``F`` of ``D = c_skip x + c_out F`` with input ``c_in x``:
+    consistency models (``sigma = exp(t / 250)``, Song et al.'s boundary scalings with ``epsilon = sigma_min``) or
+    the cosine schedule (``sigma = tan(t pi / 2)``, EDM's scalings; v-prediction: ``-F``)."""
+
+    def __init__(self, scheduler):
+        self.denoiser, self.config = bimodal(), scheduler.config
+        self.consistency = isinstance(scheduler, CMStochasticIterativeScheduler)
+        self.timesteps: list[float] = []
+
+    def __call__(self, x_in: torch.Tensor, t) -> torch.Tensor:
+        self.timesteps.append(float(t))
+        sd = self.config.sigma_data
+        sigma = math.exp(float(t) / 250.0) if self.consistency else math.tan(float(t) * math.pi / 2)
+        x = x_in * math.sqrt(sigma**2 + sd**2)
+        epsilon = self.config.sigma_min if self.consistency else 0.0
+        c_skip = sd**2 / ((sigma - epsilon) ** 2 + sd**2)
+        c_out = (sigma - epsilon) * sd / math.sqrt(sigma**2 + sd**2)
+        out = (self.denoiser(x, torch.tensor(sigma, dtype=torch.float64)) - c_skip * x) / c_out
+        return -out if self.config.get("prediction_type") == "v_prediction" else out
 
 
 def run_loop(scheduler, net, steps: int, seed: int = 7, prev_timestep: bool = False) -> torch.Tensor:
@@ -158,9 +186,70 @@ def test_unclip_step_without_prev_timestep_is_refused():
     (FlowMatchLCMScheduler, {"scale_factors": [1.5, 2.0], "upscale_mode": "bicubic"}, "upsamples the denoised"),
     (FlowMatchLCMScheduler, {"invert_sigmas": True}, "runs sigma upwards"),
     (UnCLIPScheduler, {"variance_type": "learned_range"}, "variance other than DDPM's posterior"),
+    (CosineDPMSolverMultistepScheduler, {"final_sigmas_type": "sigma_min"}, "diffusers itself fails there"),
+    (CosineDPMSolverMultistepScheduler, {"solver_order": 3}, "order 1 and 2 only"),
 ])
 def test_configs_without_an_equivalent_are_refused(cls, config, match):
     with pytest.raises(ValueError, match=match):
         KScheduler.from_scheduler(cls.from_config(config))
     if not config.get("invert_sigmas"):  # explicit samplers run on its own (descending) schedule
         KScheduler.from_scheduler(cls.from_config(config), sampler="euler").set_timesteps(4)
+
+
+@pytest.mark.parametrize("config", [{}, {"clip_denoised": False}, {"s_noise": 1.005}],
+                         ids=["default", "no_clip", "s_noise"])
+@pytest.mark.parametrize("steps", [1, 2, 5, 10])
+def test_consistency_models_are_lcm(steps, config):
+    """CMStochasticIterativeScheduler (its 40-level Karras grid, ``clip_denoised`` to [-1, 1] by default): ``lcm``
+    re-noising from ``sigma_min`` (``sqrt(sigma'^2 - sigma_min^2)``), D by its boundary scalings, timesteps its
+    ``250 log sigma`` (float64, as it keeps them); one step draws no noise. The same generator draws the same noise."""
+    assert_equivalent(lambda: CMStochasticIterativeScheduler(**config), lambda: Preconditioned(
+        CMStochasticIterativeScheduler()), steps, "lcm")
+
+
+@pytest.mark.parametrize("config", [{}, {"solver_type": "heun"}, {"solver_order": 1},
+                                    {"sigma_schedule": "karras", "prediction_type": "epsilon"}],
+                         ids=["stable_audio", "heun", "order1", "karras_eps"])
+@pytest.mark.parametrize("steps", [1, 5, 12])
+def test_cosine_dpm_solver_is_dpmpp_2m_sde(steps, config):
+    """CosineDPMSolverMultistepScheduler (Stable Audio: v-prediction, exponential sigmas in [0.3, 500], EDM
+    preconditioning with ``c_noise = atan(sigma) 2 / pi``): SDE-DPM-Solver++ 2M (order 1: the DDPM draw) with its
+    own Brownian tree over ``[sigma_min, sigma_max]`` seeded by the step's generator."""
+    make = lambda: CosineDPMSolverMultistepScheduler(**config)  # noqa: E731
+    sampler = {"heun": "dpmpp_2m_sde_heun", 1: "ddpm"}.get(config.get("solver_type", config.get("solver_order")),
+                                                             "dpmpp_2m_sde")
+    assert_equivalent(make, lambda: Preconditioned(make()), steps, sampler)
+
+
+def test_ipndm_is_refused_and_catalogue_ipndm_is_another_method():
+    """IPNDMScheduler is refused; the reason measured: on its levels (carried in flow units, s = sigma / (alpha +
+    sigma)) the catalogue's ipndm ends far from it (> 1e-2 relative at 5 steps) on an analytic v-model."""
+    with pytest.raises(ValueError, match="cannot run IPNDMScheduler: IPNDMScheduler is iPNDM in its own form"):
+        KScheduler.from_scheduler(IPNDMScheduler())
+    denoiser, scheduler = bimodal(), IPNDMScheduler()
+    scheduler.set_timesteps(5)
+
+    def v_net(x_vp, t):  # v = alpha eps - sigma x0 at angle t pi / 2; at zero SNR D is the data mean
+        alpha, sigma = math.cos(float(t) * math.pi / 2), math.sin(float(t) * math.pi / 2)
+        mean = 0.3 * -1.5 + 0.7 * 1.0
+        d = (torch.full_like(x_vp, mean) if alpha < 1e-12
+             else denoiser(x_vp / alpha, torch.tensor(sigma / alpha, dtype=torch.float64)))
+        return alpha * (x_vp - alpha * d) / sigma - sigma * d
+
+    class FlowModel:  # the same network seen in flow units: x_flow = x_vp r, r = sqrt(s^2 + (1 - s)^2)
+        geometry = FLOW
+
+        def __call__(self, x, sigma, **_):
+            s = float(sigma[0])
+            r = math.hypot(s, 1.0 - s)
+            alpha, sigma_vp = (1.0 - s) / r, s / r
+            v = v_net(x / r, math.atan2(sigma_vp, alpha) * 2 / math.pi)
+            return alpha * x / r - sigma_vp * v
+
+    x0 = torch.randn(3, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x0.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(v_net(x, t), t, x).prev_sample
+    betas, alphas = scheduler.betas.double(), scheduler.alphas.double()
+    other = sample_ipndm(FlowModel(), x0.clone(), betas / (alphas + betas), disable=True)
+    assert ((other - x).abs().max() / x.abs().max()).item() > 1e-2

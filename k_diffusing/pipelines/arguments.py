@@ -179,6 +179,7 @@ SAMPLER_OPTIONS: dict[str, Rule] = {
     "lower_order_final": flag(),
     "final_call": flag(),
     "gamma": real(0, 1),
+    "sigma_min": real(0),
     "lower_order_to_end": flag(),
     "noise_sampler": function("noise_sampler(sigma, sigma_next) -> unit Gaussian noise like x"),
     "tau_func": function("tau_func(sigma_next) -> the step's stochasticity in [0, 1]"),

@@ -57,9 +57,16 @@ def _dpm_multistep(config) -> Equivalent:
 
 
 def limits_denoised(config) -> bool:
-    """Whether the scheduler's config clips (``clip_sample``) or thresholds (``thresholding``) its predicted
-    sample; the bridge then applies the same limit to every ``D`` (:func:`x0_limit`)."""
-    return bool(config.get("thresholding", False) or config.get("clip_sample", False))
+    """Whether the scheduler's config clips (``clip_sample``; a consistency model's ``clip_denoised``, to [-1, 1])
+    or thresholds (``thresholding``) its predicted sample; the bridge then applies the same limit to every ``D``
+    (:func:`x0_limit`)."""
+    return bool(config.get("thresholding", False) or clips_denoised(config))
+
+
+def clips_denoised(config) -> bool:
+    """Whether the config clips the predicted sample: ``clip_sample`` (the DDPM family) or ``clip_denoised``
+    (CMStochasticIterativeScheduler), both to ``[-clip_sample_range, clip_sample_range]`` (default 1)."""
+    return bool(config.get("clip_sample", False) or config.get("clip_denoised", False))
 
 
 def _ddim(config, name: str) -> Equivalent:
@@ -200,6 +207,73 @@ def _ltx_euler_ancestral_rf(config) -> Equivalent:
     return Equivalent("euler")
 
 
+def _consistency(config) -> Equivalent:
+    """CMStochasticIterativeScheduler (Song et al. 2023, arXiv 2303.01469, Alg. 1) is ``lcm`` with its boundary
+    ``epsilon = sigma_min`` and its ``s_noise``: ``x' = D + s_noise sqrt(sigma'^2 - sigma_min^2) z``, D by its
+    parameterisation (:class:`ConsistencyPreconditioning`). ``sigma_min`` is the config's value: its schedule ends
+    on the float32 rounding of it (9.5e-11 above 0.002), so its last step adds noise of std ``sqrt(sigma_min32^2 -
+    sigma_min^2)`` (6.2e-7; diffusers computes it in float32: 6.7e-7), which ``lcm`` adds too."""
+    return Equivalent("lcm", {"sigma_min": float(config.sigma_min), "s_noise": float(config.s_noise)},
+                      schedule_options=_one_step_without_noise)
+
+
+def _one_step_without_noise(own) -> dict:
+    """CMStochasticIterativeScheduler draws no noise on a one-step schedule (Song et al.'s one-step generation
+    ``f(x_T, T)``), whose step still ends at the float32 ``sigma_min``: ``s_noise = 0`` there."""
+    return {"s_noise": 0.0} if len(own.sigmas) == 2 else {}
+
+
+class ConsistencyPreconditioning:
+    """A consistency model's parameterisation (Song et al. 2023, arXiv 2303.01469, App. C) as the EDM preconditioning
+    methods KScheduler calls on EDM bases (Karras et al. 2022, arXiv 2206.00364, Table 1), by
+    CMStochasticIterativeScheduler's own formulas: ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)`` (its
+    ``scale_model_input``), ``c_noise`` its ``sigma_to_t`` (``250 log sigma``), ``D = c_out F + c_skip x`` with its
+    ``get_scalings_for_boundary_condition`` (``epsilon = sigma_min``: ``D(x, sigma_min) = x``)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def precondition_inputs(self, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return sample / ((sigma**2 + self.scheduler.config.sigma_data**2) ** 0.5)
+
+    def precondition_noise(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.scheduler.sigma_to_t(sigma.double().numpy()))
+
+    def precondition_outputs(self, sample: torch.Tensor, model_output: torch.Tensor,
+                             sigma: torch.Tensor) -> torch.Tensor:
+        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition(sigma)
+        return c_out * model_output + c_skip * sample
+
+
+def edm_preconditioning(scheduler):
+    """What gives an EDM-parameterised base's ``c_in``, ``c_noise`` and ``D`` (``precondition_inputs / _noise /
+    _outputs``): the base itself where it keeps those methods (EDMEuler, EDMDPMSolverMultistep,
+    CosineDPMSolverMultistep), a :class:`ConsistencyPreconditioning` for a consistency model; None otherwise."""
+    if all(hasattr(scheduler, f"precondition_{part}") for part in ("inputs", "noise", "outputs")):
+        return scheduler
+    if known_class(scheduler) == "CMStochasticIterativeScheduler":
+        return ConsistencyPreconditioning(scheduler)
+    return None
+
+
+def _cosine_dpm(config) -> Equivalent:
+    """CosineDPMSolverMultistepScheduler (Stable Audio) is SDE-DPM-Solver++ on its EDM-preconditioned sigmas with
+    Brownian noise (:func:`brownian_noise_for`): order 2 is ``dpmpp_2m_sde`` (eta 1; its step into 0 is first order,
+    ``D``), order 1 its first-order step, the DDPM posterior draw: ``ddpm``."""
+    if config.final_sigmas_type != "zero":
+        raise ValueError(
+            f"CosineDPMSolverMultistepScheduler(final_sigmas_type={config.final_sigmas_type!r}) ends on a repeated "
+            "sigma_min, and its zero-length last step asks its Brownian tree for the noise of that empty interval "
+            "at its lower edge: diffusers itself fails there (RecursionError in torchsde's BrownianInterval), so "
+            "there is no native result to reproduce; use final_sigmas_type='zero' or pass sampler=")
+    if config.solver_order not in (1, 2):
+        raise ValueError(f"CosineDPMSolverMultistepScheduler(solver_order={config.solver_order}) has updates of "
+                         "order 1 and 2 only (diffusers' step leaves the sample undefined above); use 1 or 2")
+    if config.solver_order == 1:
+        return Equivalent("ddpm")
+    return Equivalent("dpmpp_2m_sde_heun" if config.solver_type == "heun" else "dpmpp_2m_sde")
+
+
 def _minimax_timestep(sigma: float) -> float:
     """MiniMax-H3's timestep ``t = 1 - sigma`` (``t = 1``: clean), the float32 difference as its scheduler keeps it."""
     return float(np.float32(1.0) - np.float32(sigma))
@@ -277,6 +351,8 @@ _EQUIVALENTS = {
     "LTXEulerAncestralRFScheduler": _ltx_euler_ancestral_rf,
     "MiniMaxH3Scheduler": lambda c: Equivalent("euler"),
     "UnCLIPScheduler": _unclip,
+    "CMStochasticIterativeScheduler": _consistency,
+    "CosineDPMSolverMultistepScheduler": _cosine_dpm,
 }
 
 # The last step's alpha-bar of schedulers without sigmas, where it is not their final_alpha_cumprod: LCM returns its
@@ -288,7 +364,8 @@ _PAIRED = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDis
            "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "EDMEulerScheduler",
            "EDMDPMSolverMultistepScheduler", "FlowMatchLCMScheduler", "LTXEulerAncestralRFScheduler",
-           "MiniMaxH3Scheduler", "DPMSolverSinglestepScheduler", "SASolverScheduler"}
+           "MiniMaxH3Scheduler", "DPMSolverSinglestepScheduler", "SASolverScheduler", "CMStochasticIterativeScheduler",
+           "CosineDPMSolverMultistepScheduler"}
 
 
 _DISCRETE_TOKENS = ("diffuses discrete tokens (masked or categorical states, sampled from logits), not Gaussian "
@@ -312,6 +389,14 @@ REFUSED = {
                            "instead of step(model_output, t, x)",
     "RFD4ProteinaScheduler": "integrates protein structures (coordinates and latents of several modalities with their "
                              "own time grids), not one image latent with one noise level",
+    "IPNDMScheduler": "is iPNDM in its own form, which no catalogue sampler is: it keeps no noise table and no "
+                      "prediction_type (its levels are sigma = sin^2(pi s / 2), alpha = sqrt(1 - sigma^2) for s from "
+                      "1 to 0, and its eps = sigma x + alpha F holds for a v-prediction network only), starts at zero "
+                      "SNR (alpha = 0: its step takes D = 0 there by max(alpha, 1e-8)), and steps by fixed-weight "
+                      "Adams-Bashforth of eps over the VE sigma, keeping order 4 on the step into 0; the catalogue's "
+                      "ipndm runs a schedule from zero SNR in flow units, where it combines flow velocities eps - D "
+                      "over the flow sigma, and steps into 0 by Euler (to D): on diffusers' levels the two differ by "
+                      "33% (5 steps) to 6% (25 steps) of max |x| on an analytic v-model",
     "DDIMInverseScheduler": "runs the schedule upwards (inversion, data to noise); the catalogue's samplers integrate "
                             "from noise to data",
     "DPMSolverMultistepInverseScheduler": "runs the schedule upwards (inversion, data to noise); the catalogue's "
@@ -405,7 +490,8 @@ def read_schedule(scheduler) -> SchedulerSigmas:
     repeats (PNDM's and Heun's second call at one sigma) are one sigma of the main schedule. Latents:
     :func:`keeps_vp_latents`."""
     name = known_class(scheduler)
-    ts = scheduler.timesteps.to(torch.float32).cpu()
+    ts = scheduler.timesteps.cpu()
+    ts = ts if ts.dtype == torch.float64 else ts.to(torch.float32)  # float64 ones (numpy-computed) are kept
     own_sigmas = getattr(scheduler, "sigmas", None)
     if own_sigmas is not None:
         table = torch.as_tensor(own_sigmas).to(torch.float32).cpu()
@@ -454,9 +540,15 @@ def keeps_vp_latents(scheduler) -> bool:
     return float(getattr(scheduler, "init_noise_sigma", 1.0)) == 1.0
 
 
-def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor):
-    """DPMSolverSDEScheduler's own Brownian noise (a tree over its sigma range seeded by ``noise_sampler_seed``),
-    or None when the scheduler is not one or has no fixed seed."""
+def brownian_noise_for(scheduler, x: torch.Tensor, sigmas: torch.Tensor, generator=None):
+    """A scheduler's own Brownian noise: DPMSolverSDEScheduler's (a tree over its sigma range seeded by
+    ``noise_sampler_seed``), CosineDPMSolverMultistepScheduler's (a tree over its config's ``[sigma_min,
+    sigma_max]`` seeded by the ``initial_seed()`` of the generator(s) of the run's first step; without one, a random
+    seed, as diffusers); None for other schedulers or without a fixed seed."""
+    if known_class(scheduler) == "CosineDPMSolverMultistepScheduler":
+        seeds = (None if generator is None else generator.initial_seed() if isinstance(generator, torch.Generator)
+                 else [g.initial_seed() for g in generator])
+        return BrownianTreeNoiseSampler(x, scheduler.config.sigma_min, scheduler.config.sigma_max, seeds)
     seed = getattr(scheduler.config, "noise_sampler_seed", None)
     if known_class(scheduler) != "DPMSolverSDEScheduler" or seed is None:
         return None

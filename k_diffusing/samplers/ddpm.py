@@ -34,14 +34,21 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 
 @torch.no_grad()
-def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, *, generator=None):
+def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, *, generator=None,
+               s_noise=1.0, sigma_min=0.0):
     """Multistep consistency sampling, Luo et al. 2023 (arXiv 2310.04378), Alg. 3 (after Song et al. 2023,
-    arXiv 2303.01469, Alg. 1): ``x0 = D(x, sigma)``, then fresh noise from level 0 up to ``sigma_next``:
-    ``x = alpha(sigma_next) x0 + sigma_next z``.
+    arXiv 2303.01469, Alg. 1): ``x0 = D(x, sigma)``, then fresh noise from level ``sigma_min`` up to ``sigma_next``:
+    ``x = (alpha(sigma_next) / alpha(sigma_min)) x0 + sqrt(sigma_next^2 - sigma_min^2) s_noise z`` (VE variances).
 
-    Any geometry (re-noising by :meth:`Geometry.renoise`). 1 call per step, stochastic; the step into sigma = 0
-    returns ``D`` without noise. Not a solver of the diffusion ODE/SDE: with an exact denoiser it returns a posterior
-    mean at the last nonzero sigma, which under-disperses (meant for consistency-distilled models).
+    ``sigma_min``: Song et al.'s boundary ``epsilon`` (0 for LCM): a consistency model's ``D(x, sigma)`` estimates
+    the sample at level ``epsilon`` (its ``D(x, epsilon) = x``), so Alg. 1 re-noises by ``sqrt(tau^2 - epsilon^2)``
+    and a step that ends at ``epsilon`` adds nothing. ``s_noise`` scales that noise (diffusers'
+    CMStochasticIterativeScheduler's ``s_noise``; 1 puts the sample at ``sigma_next``).
+
+    Any geometry (re-noising by :meth:`Geometry.renoise`). 1 call per step, stochastic; a step ending at or below
+    ``sigma_min`` (the step into sigma = 0) returns ``D`` without noise. Not a solver of the diffusion ODE/SDE: with
+    an exact denoiser it returns a posterior mean at the last nonzero sigma, which under-disperses (meant for
+    consistency-distilled models).
     """
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator)
     x = run.x
@@ -49,9 +56,9 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
         denoised = run.denoise(x, sigma)
         run.report(i, x, sigma, sigma, denoised)
         x = denoised
-        if sigma_next > 0:
-            up = run.geometry.renoise(0.0, sigma_next)
-            x = up.x_scale * x + up.noise_std * run.noise(sigma, sigma_next)
+        if sigma_next > sigma_min:
+            up = run.geometry.renoise(sigma_min, sigma_next)
+            x = up.x_scale * x + up.noise_std * s_noise * run.noise(sigma, sigma_next)
     return run.finish(x)
 
 

@@ -85,10 +85,10 @@ class Preconditioned:
         return -out if self.config.get("prediction_type") == "v_prediction" else out
 
 
-def run_loop(scheduler, net, steps: int, seed: int = 7, prev_timestep: bool = False) -> torch.Tensor:
-    """The plain diffusers loop in float64 from a fixed start; ``prev_timestep``: pass the next timestep (None at the
-    last) as UnCLIP's pipelines do."""
-    scheduler.set_timesteps(steps)
+def run_loop(scheduler, net, steps: int | list, seed: int = 7, prev_timestep: bool = False) -> torch.Tensor:
+    """The plain diffusers loop in float64 from a fixed start (``steps``: a count, or custom timesteps);
+    ``prev_timestep``: pass the next timestep (None at the last) as UnCLIP's pipelines do."""
+    scheduler.set_timesteps(timesteps=steps) if isinstance(steps, list) else scheduler.set_timesteps(steps)
     x = torch.randn(3, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
     generator = torch.Generator().manual_seed(seed)
@@ -198,11 +198,14 @@ def test_configs_without_an_equivalent_are_refused(cls, config, match):
 
 @pytest.mark.parametrize("config", [{}, {"clip_denoised": False}, {"s_noise": 1.005}],
                          ids=["default", "no_clip", "s_noise"])
-@pytest.mark.parametrize("steps", [1, 2, 5, 10])
+@pytest.mark.parametrize("steps", [1, 2, 5, 10, 40, [22, 0], [39, 25, 10, 2]],
+                         ids=["1", "2", "5", "10", "40", "t22_0", "t39_25_10_2"])
 def test_consistency_models_are_lcm(steps, config):
     """CMStochasticIterativeScheduler (its 40-level Karras grid, ``clip_denoised`` to [-1, 1] by default): ``lcm``
     re-noising from ``sigma_min`` (``sqrt(sigma'^2 - sigma_min^2)``), D by its boundary scalings, timesteps its
-    ``250 log sigma`` (float64, as it keeps them); one step draws no noise. The same generator draws the same noise."""
+    ``250 log sigma`` (float64, as it keeps them); one step draws no noise; a run reaching ``sigma_min`` (40 steps,
+    custom timesteps with 39: the ConsistencyModelPipeline's ``timesteps=``) makes its call there. The same generator
+    draws the same noise."""
     assert_equivalent(lambda: CMStochasticIterativeScheduler(**config), lambda: Preconditioned(
         CMStochasticIterativeScheduler()), steps, "lcm")
 

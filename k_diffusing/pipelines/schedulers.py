@@ -214,13 +214,15 @@ def _consistency(config) -> Equivalent:
     on the float32 rounding of it (9.5e-11 above 0.002), so its last step adds noise of std ``sqrt(sigma_min32^2 -
     sigma_min^2)`` (6.2e-7; diffusers computes it in float32: 6.7e-7), which ``lcm`` adds too."""
     return Equivalent("lcm", {"sigma_min": float(config.sigma_min), "s_noise": float(config.s_noise)},
-                      schedule_options=_one_step_without_noise)
+                      schedule_options=_consistency_schedule)
 
 
-def _one_step_without_noise(own) -> dict:
-    """CMStochasticIterativeScheduler draws no noise on a one-step schedule (Song et al.'s one-step generation
-    ``f(x_T, T)``), whose step still ends at the float32 ``sigma_min``: ``s_noise = 0`` there."""
-    return {"s_noise": 0.0} if len(own.sigmas) == 2 else {}
+def _consistency_schedule(own) -> dict:
+    """CMStochasticIterativeScheduler's calls and noise on its own schedule: a schedule ending on a repeated
+    ``sigma_min`` (the call at ``sigma_min`` itself: 40 steps, or custom timesteps with 39) ends with a step from it
+    to itself (``final_call``); a one-step schedule draws no noise (Song et al.'s one-step generation ``f(x_T, T)``),
+    though its step ends at the float32 ``sigma_min``: ``s_noise = 0`` there."""
+    return {"final_call": own.ends_repeated, **({"s_noise": 0.0} if len(own.sigmas) == 2 else {})}
 
 
 class ConsistencyPreconditioning:

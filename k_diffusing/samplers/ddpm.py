@@ -8,6 +8,7 @@ import math
 import torch
 
 from .base import SamplerRun, sigmas_to_list, to_d
+from .dpmpp import final_denoise
 from .euler import sample_euler_ancestral
 
 
@@ -35,7 +36,7 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 @torch.no_grad()
 def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, *, generator=None,
-               s_noise=1.0, sigma_min=0.0):
+               s_noise=1.0, sigma_min=0.0, final_call=False):
     """Multistep consistency sampling, Luo et al. 2023 (arXiv 2310.04378), Alg. 3 (after Song et al. 2023,
     arXiv 2303.01469, Alg. 1): ``x0 = D(x, sigma)``, then fresh noise from level ``sigma_min`` up to ``sigma_next``:
     ``x = (alpha(sigma_next) / alpha(sigma_min)) x0 + sqrt(sigma_next^2 - sigma_min^2) s_noise z`` (VE variances).
@@ -43,7 +44,10 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
     ``sigma_min``: Song et al.'s boundary ``epsilon`` (0 for LCM): a consistency model's ``D(x, sigma)`` estimates
     the sample at level ``epsilon`` (its ``D(x, epsilon) = x``), so Alg. 1 re-noises by ``sqrt(tau^2 - epsilon^2)``
     and a step that ends at ``epsilon`` adds nothing. ``s_noise`` scales that noise (diffusers'
-    CMStochasticIterativeScheduler's ``s_noise``; 1 puts the sample at ``sigma_next``).
+    CMStochasticIterativeScheduler's ``s_noise``; 1 puts the sample at ``sigma_next``). ``final_call``: on a
+    schedule ending above 0, one more step from the last sigma to itself (a call, ``D``, re-noising): diffusers'
+    zero-length last step on a schedule ending on a repeated sigma, which a consistency step does not leave unchanged
+    (CMStochasticIterativeScheduler's run that reaches ``sigma_min``: its 40 steps, or custom timesteps with 39).
 
     Any geometry (re-noising by :meth:`Geometry.renoise`). 1 call per step, stochastic; a step ending at or below
     ``sigma_min`` (the step into sigma = 0) returns ``D`` without noise. Not a solver of the diffusion ODE/SDE: with
@@ -51,14 +55,20 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
     consistency-distilled models).
     """
     run = SamplerRun(model, x, sigmas, extra_args, callback, disable, noise_sampler, generator)
+
+    def renoised(denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+        if sigma_next <= sigma_min:
+            return denoised
+        up = run.geometry.renoise(sigma_min, sigma_next)
+        return up.x_scale * denoised + up.noise_std * s_noise * run.noise(sigma, sigma_next)
+
     x = run.x
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma)
         run.report(i, x, sigma, sigma, denoised)
-        x = denoised
-        if sigma_next > sigma_min:
-            up = run.geometry.renoise(sigma_min, sigma_next)
-            x = up.x_scale * x + up.noise_std * s_noise * run.noise(sigma, sigma_next)
+        x = renoised(denoised, sigma, sigma_next)
+    if final_call and run.sigmas[-1] > 0:
+        x = renoised(final_denoise(run, x), run.sigmas[-1], run.sigmas[-1])
     return run.finish(x)
 
 

@@ -665,9 +665,12 @@ class KScheduler(SchedulerMixin, ConfigMixin):
     @property
     def init_noise_sigma(self) -> float | torch.Tensor:
         """What the pipeline multiplies the initial noise by; a tensor (the base's dtype) where the base gives
-        one (the Euler family), a float otherwise, as the base."""
-        value = getattr(self, "_init_noise_sigma", 1.0)
+        one (the Euler family), a float otherwise, as the base. Before ``set_timesteps``: the base's own value
+        (ConsistencyModelPipeline scales its latents before it sets the timesteps)."""
         own = getattr(self.base, "init_noise_sigma", None)
+        if not hasattr(self, "_init_noise_sigma"):
+            return 1.0 if own is None else own
+        value = self._init_noise_sigma
         return torch.tensor(value, dtype=own.dtype) if isinstance(own, torch.Tensor) else value
 
     @property

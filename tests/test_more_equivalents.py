@@ -256,3 +256,26 @@ def test_ipndm_is_refused_and_catalogue_ipndm_is_another_method():
     betas, alphas = scheduler.betas.double(), scheduler.alphas.double()
     other = sample_ipndm(FlowModel(), x0.clone(), betas / (alphas + betas), disable=True)
     assert ((other - x).abs().max() / x.abs().max()).item() > 1e-2
+
+
+@pytest.mark.parametrize("steps", [{"num_inference_steps": 1}, {"num_inference_steps": 4}, {"timesteps": [22, 0]}],
+                         ids=["onestep", "4", "t22_0"])
+def test_consistency_model_pipeline(steps):
+    """diffusers' ConsistencyModelPipeline (a tiny class-conditional UNet2DModel in float64) with its scheduler and
+    with ``KScheduler.from_scheduler`` of it, same latents and generator: the images within 1e-6 relative. The
+    pipeline scales its latents by ``init_noise_sigma`` before it sets the timesteps (the base's own value then)."""
+    from diffusers import ConsistencyModelPipeline, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=10).double()
+    images = []
+    for scheduler in (CMStochasticIterativeScheduler(), KScheduler.from_scheduler(CMStochasticIterativeScheduler())):
+        pipe = ConsistencyModelPipeline(unet=unet, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        latents = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        images.append(pipe(class_labels=3, latents=latents, generator=torch.Generator().manual_seed(5),
+                           output_type="pt", **steps).images)
+    native, k = images
+    assert ((k - native).abs().max() / native.abs().max()).item() <= TOLERANCE

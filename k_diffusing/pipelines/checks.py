@@ -123,16 +123,3 @@ def check_schedule_fits(sigmas: torch.Tensor, schedule: str | None, sigma_max: f
                   "sigma table (karras, exponential, normal, simple, sgm_uniform, beta, kl_optimal ...)")
         raise ValueError(f"{what} at sigma {float(sigmas[0]):.6g}, above {sigma_max:.6g}, the largest noise level "
                          f"of {model}; {advice}")
-
-
-def check_size(name: str, value, multiple: int) -> None:
-    """An image ``height`` / ``width``: None (the pipeline's default) or a positive int multiple of ``multiple``
-    pixels (:attr:`~k_diffusing.pipelines.common.KPipelineMixin.size_multiple`). The parents replace 0 by their
-    default and FluxPipeline rounds other sizes down, both without a word."""
-    if value is None:
-        return
-    accepted = f"a positive multiple of {multiple} (pixels) or None"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be {accepted}, got {value!r} ({type(value).__name__})")
-    if value < multiple or value % multiple:
-        raise ValueError(f"{name} must be {accepted}, got {value}")

@@ -17,7 +17,11 @@ pytest.importorskip("transformers")
 
 from k_diffusing.testing.zoo import GEOMETRIES, ZOO
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    # diffusers' Helios code path under NumPy 2 (not ours), as in test_scheduler_pipelines.py
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
 
 SEED = 0
 

@@ -52,7 +52,8 @@ from .schedules import flow_sigma_table, get_sigmas
 from .pipelines.arguments import check_call_arguments
 from .pipelines.checks import check_schedule_fits, check_sigmas, check_steps, pick_sampler
 from .pipelines.schedulers import (FLOW_CLASSES, brownian_noise_for, call_keywords, check_supported,
-                                   edm_preconditioning, equivalent, flow_convention, flow_shift, known_class, limits_denoised, read_schedule, set_up)
+                                   edm_preconditioning, equivalent, flow_convention, flow_shift, known_class,
+                                   limits_denoised, read_schedule, set_up)
 
 logger = logging.getLogger(__name__)
 
@@ -116,31 +117,28 @@ class _Done(NamedTuple):
 
 
 class _PairedTimesteps:
-    """A timestep rule: the base's own timestep where ``(sigma, t)`` is one of its pairs (exact floats), else
-    ``rule(sigma)``."""
+    """A timestep rule: the base's own timestep where ``(key(sigma), t)`` is one of its pairs, else
+    ``rule(sigma)``. ``key`` rounds the sigma as the pairs were stored (exact floats by default)."""
 
-    def __init__(self, known, rule: Callable[[float], float]):
+    def __init__(self, known, rule: Callable[[float], float], key: Callable[[float], float] = float):
         self.known = {} if known is None else dict(zip(known[0].tolist(), known[1].tolist()))
         self.rule = rule
+        self.key = key
 
     def host_t(self, sigma: float) -> float:
-        return self.known[sigma] if sigma in self.known else self.rule(sigma)
+        key = self.key(sigma)
+        return self.known[key] if key in self.known else self.rule(sigma)
 
 
-class _PreconditionedNoise:
-    """The timestep rule of an EDM-preconditioned base (``base``: what :func:`edm_preconditioning` gives): its
-    ``precondition_noise(sigma)`` (``c_noise``; ``0.25 log sigma`` for EDM's Karras schedule), evaluated on the
-    float32 sigma as the base does, or the base's own timestep where ``(sigma, t)`` is one of its pairs."""
+def _float32(sigma: float) -> float:
+    """``sigma`` rounded to float32 (an EDM base keeps its sigmas, and pairs them, in float32)."""
+    return float(torch.tensor(sigma, dtype=torch.float32))
 
-    def __init__(self, base, known):
-        self.base = base
-        self.known = None if known is None else dict(zip(known[0].tolist(), known[1].tolist()))
 
-    def host_t(self, sigma: float) -> float:
-        s32 = torch.tensor([sigma], dtype=torch.float32)
-        if self.known is not None and float(s32) in self.known:
-            return self.known[float(s32)]
-        return float(self.base.precondition_noise(s32).reshape(()))
+def _preconditioned_noise(preconditioning, sigma: float) -> float:
+    """An EDM-preconditioned base's timestep: its ``precondition_noise(sigma)`` (``c_noise``; ``0.25 log sigma`` for
+    EDM's Karras schedule) on the float32 sigma, as the base evaluates it."""
+    return float(preconditioning.precondition_noise(torch.tensor([sigma], dtype=torch.float32)).reshape(()))
 
 
 class _Suspending:
@@ -326,7 +324,8 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if unknown:
             raise TypeError(
                 f"KScheduler got unexpected keyword argument(s) {unknown}.{did_you_mean(unknown[0], OWN_KEYS)} "
-                f"It takes its own {', '.join(OWN_KEYS)} and {cls.__name__}'s config keys: {', '.join(sorted(accepted))}"
+                f"It takes its own {', '.join(OWN_KEYS)} and {cls.__name__}'s config keys: "
+                f"{', '.join(sorted(accepted))}"
             )
         self._set_base(cls.from_config(base_config), sampler, sigma_schedule, sampler_kwargs, quantize_timesteps,
                        check_finite, noise, noise_options)
@@ -647,7 +646,7 @@ class KScheduler(SchedulerMixin, ConfigMixin):
         if self.geometry is FLOW:
             return FlowDenoiser(None, self.base.config.num_train_timesteps, known)
         if self._edm:
-            return _PreconditionedNoise(self._edm, known)
+            return _PairedTimesteps(known, functools.partial(_preconditioned_noise, self._edm), key=_float32)
         mode = "quantized" if self._quantize else "continuous"
         return DiscreteDenoiser(None, self.base.alphas_cumprod, self.base.config.prediction_type, mode, known)
 

@@ -490,6 +490,21 @@ def test_a_config_without_class_name_is_euler_or_flowmatch_euler():
     assert type(flow.base) is FlowMatchEulerDiscreteScheduler and flow.geometry is FLOW
 
 
+def test_keywords_the_base_does_not_take_raise():
+    """A typo in KScheduler's own keywords, and keywords its base's set_timesteps / step do not take, raise naming
+    what is accepted (diffusers would only log "config attributes ... will be ignored"); keys inside a config dict
+    the base does not know stay accepted (SDXL's config carries PNDM's)."""
+    with pytest.raises(TypeError, match=r"\['sigma_shedule'\]. Did you mean 'sigma_schedule'\?"):
+        KScheduler.from_config(sdxl_scheduler_config(), sampler="dpmpp_2m", sigma_shedule="karras")
+    scheduler = KScheduler.from_config({**sdxl_scheduler_config(), "skip_prk_steps": True}, sampler="euler")
+    with pytest.raises(TypeError, match=r"EulerDiscreteScheduler.set_timesteps got unexpected keyword.*num_steps"):
+        scheduler.set_timesteps(4, num_steps=4)
+    scheduler.set_timesteps(4)
+    x = torch.zeros(1, 4, 4, 4)
+    with pytest.raises(TypeError, match=r"EulerDiscreteScheduler.step got unexpected keyword.*use_clipped"):
+        scheduler.step(x, scheduler.timesteps[0], x, use_clipped_model_output=True)
+
+
 @pytest.mark.parametrize("cls", ["HeunDiscreteScheduler", "DPMSolverMultistepScheduler", "DDIMScheduler"])
 def test_a_config_built_in_code_of_another_class_is_refused(cls):
     """A scheduler built in code keeps no ``_class_name`` in its config; taking it as EulerDiscrete would run the
